@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, one run against the real broker (tansu):
+#   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a fresh 6-partition topic;
+#   2. a bare rdkafka consumer drains the topic (before and after ledgerd: the broker's ceiling);
+#   3. ledgerd catches up on the same topic: rate from its first processed record to every record
+#      checkpointed, CPU seconds (user+sys) per million events, peak RSS;
+#   4. every balance is verified against the generator's expectation (a fast wrong answer fails).
+# Usage: scripts/bench.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+EVENTS="${1:-1000000}"
+ACCOUNTS="${2:-10000}"
+PARTITIONS=6
+WORK="$(mktemp -d -t ledgerd-bench.XXXXXX)"
+LEDGERD_PID=""
+STARTED_BROKER=""
+
+cleanup() {
+    if [[ -n "$LEDGERD_PID" ]]; then kill -9 "$LEDGERD_PID" 2>/dev/null || true; fi
+    if [[ -n "$STARTED_BROKER" ]]; then scripts/broker.sh stop "$WORK/broker" >/dev/null 2>&1 || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+source scripts/system-packages.sh
+install_system_packages >/dev/null
+cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
+BIN=target/release
+
+if [[ -z "${LEDGERD_TEST_BROKERS:-}" ]]; then
+    scripts/broker.sh install
+    port="$(free_port)"
+    scripts/broker.sh start "$port" "$WORK/broker" >/dev/null
+    STARTED_BROKER=1
+    LEDGERD_TEST_BROKERS="127.0.0.1:$port"
+fi
+BROKERS="$LEDGERD_TEST_BROKERS"
+TOPIC="bench-$(date +%s)-$$"
+
+echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
+"$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" \
+    --events "$EVENTS" --accounts "$ACCOUNTS" --expected "$WORK/expected.json" >"$WORK/produce.json"
+TOTAL="$(json "$WORK/produce.json" produced)"
+
+echo "bare consumer drain (1/2) ..."
+"$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain1.json"
+
+HTTP_PORT="$(free_port)"
+cat >"$WORK/ledgerd.toml" <<TOML
+[kafka]
+bootstrap_servers = "$BROKERS"
+group_id = "bench-$TOPIC"
+input_topic = "$TOPIC"
+dlq_topic = "$TOPIC-dlq"
+[state]
+dir = "$WORK/state"
+[http]
+listen = "127.0.0.1:$HTTP_PORT"
+[log]
+filter = "warn"
+TOML
+echo "ledgerd catch-up ..."
+"$BIN/ledgerd" run --config "$WORK/ledgerd.toml" 2>"$WORK/ledgerd.log" &
+LEDGERD_PID=$!
+"$BIN/ledgerd-bench" watch --url "http://127.0.0.1:$HTTP_PORT" --total "$TOTAL" >"$WORK/watch.json"
+# CPU of the whole process life so far (start-up and group join included), peak RSS.
+read -r utime stime < <(awk '{print $14, $15}' "/proc/$LEDGERD_PID/stat")
+TICKS="$(getconf CLK_TCK)"
+PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
+"$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
+kill -TERM "$LEDGERD_PID"
+wait "$LEDGERD_PID"
+LEDGERD_PID=""
+
+echo "bare consumer drain (2/2) ..."
+"$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"
+
+python3 - "$WORK" "$utime" "$stime" "$TICKS" "$PEAK_RSS_KB" <<'PY'
+import json, sys
+work, utime, stime, ticks, rss_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+load = lambda name: json.load(open(f"{work}/{name}.json"))
+produce, d1, d2, watch, verify = load("produce"), load("drain1"), load("drain2"), load("watch"), load("verify")
+bare = (d1["records_per_second"] + d2["records_per_second"]) / 2
+cpu = (utime + stime) / ticks
+events = produce["produced"]
+print()
+print(f"records: {events} ({produce['applied']} applied, {produce['duplicates']} duplicates, "
+      f"{produce['dead_letters']} dead letters) over {produce['accounts']} accounts; "
+      f"produced in {produce['seconds']:.1f}s")
+print(f"| measure | value |")
+print(f"|---|---|")
+print(f"| bare rdkafka consumer drain | {bare:,.0f} records/s (runs: {d1['records_per_second']:,.0f}, {d2['records_per_second']:,.0f}) |")
+print(f"| ledgerd catch-up (first processed -> all checkpointed) | {watch['records_per_second']:,.0f} records/s ({watch['seconds']:.2f}s) |")
+print(f"| ledgerd / bare consumer | {watch['records_per_second'] / bare:.2f}x |")
+print(f"| ledgerd CPU (user+sys, whole process) | {cpu:.2f}s = {cpu / (events / 1e6):.2f} CPU-s per million events |")
+print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB |")
+print(f"| balances verified | {verify['accounts'] - verify['wrong']} / {verify['accounts']} exact |")
+PY

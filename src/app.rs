@@ -1,0 +1,163 @@
+//! Wiring: HTTP server, topic setup with retries, the consumer thread, and a bounded shutdown.
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::kafka::consumer::{self, ConsumerParts};
+use crate::kafka::dead_letter::DeadLetterProducer;
+use crate::kafka::topics::{TopicAdmin, TopicLayout};
+use crate::kafka::KafkaContext;
+use crate::metrics::{ErrorKind, Metrics};
+use crate::registry::PartitionRegistry;
+use crate::store::StoreEnv;
+use anyhow::{anyhow, Context};
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started ledgerd instance.
+pub struct Running {
+    /// Where the HTTP API listens (useful with port 0).
+    pub http_addr: SocketAddr,
+    /// Cancel to shut down gracefully.
+    pub shutdown: CancellationToken,
+    pub registry: Arc<PartitionRegistry>,
+    pub metrics: Metrics,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the instance has stopped (after `shutdown`, or on a fatal error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.map_err(|e| anyhow!("pipeline task failed: {e}"))?
+    }
+
+    /// Shuts down gracefully and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Starts the HTTP API and the pipeline. Must run on a multi-threaded tokio runtime.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let env = Arc::new(
+        StoreEnv::new(&config.state)
+            .with_context(|| format!("cannot use state.dir = {}", config.state.dir.display()))?,
+    );
+    let registry = Arc::new(PartitionRegistry::default());
+    let shutdown = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let http_stop = CancellationToken::new();
+    let app = api::router(ApiState { registry: Arc::clone(&registry), metrics: metrics.clone() });
+    let http = tokio::spawn(
+        axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned()).into_future(),
+    );
+    tracing::info!(%http_addr, "http api listening");
+
+    let task = tokio::spawn(pipeline(
+        Arc::clone(&config),
+        metrics.clone(),
+        env,
+        Arc::clone(&registry),
+        shutdown.clone(),
+        http_stop,
+        http,
+    ));
+    Ok(Running { http_addr, shutdown, registry, metrics, task })
+}
+
+/// Runs until `shutdown` fires, then stops within `shutdown.timeout`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    let own = running.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        own.cancel();
+    });
+    running.wait().await
+}
+
+async fn pipeline(
+    config: Arc<Config>,
+    metrics: Metrics,
+    env: Arc<StoreEnv>,
+    registry: Arc<PartitionRegistry>,
+    shutdown: CancellationToken,
+    http_stop: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = consume(config.clone(), metrics, env, registry, shutdown.clone()).await;
+    shutdown.cancel();
+    http_stop.cancel();
+    let _ = http.await;
+    match &result {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "stopped with an error"),
+    }
+    result
+}
+
+async fn consume(
+    config: Arc<Config>,
+    metrics: Metrics,
+    env: Arc<StoreEnv>,
+    registry: Arc<PartitionRegistry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let context = KafkaContext { metrics: metrics.clone() };
+    let admin = TopicAdmin::new(&config.kafka, context.clone()).context("invalid Kafka client settings")?;
+    let Some(layout) = setup_topics(&admin, &metrics, &shutdown).await else { return Ok(()) };
+    drop(admin);
+    let dead_letters = DeadLetterProducer::new(&config.kafka, layout.dlq_partitions, context)
+        .context("cannot create the dead-letter producer")?;
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let parts =
+        ConsumerParts { config: Arc::clone(&config), env, metrics, registry, dead_letters, shutdown: shutdown.clone() };
+    std::thread::Builder::new().name("ledgerd-consumer".into()).spawn(move || {
+        let _ = done_tx.send(consumer::run(parts));
+    })?;
+
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.shutdown.timeout).await;
+    };
+    tokio::select! {
+        done = done_rx => match done {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(anyhow!("the consumer thread panicked")),
+        },
+        () = deadline => Err(anyhow!(
+            "shutdown did not finish within shutdown.timeout ({:?}); state is safe at its last checkpoint",
+            config.shutdown.timeout
+        )),
+    }
+}
+
+/// Retries topic setup with backoff until it succeeds; `None` if shutdown came first.
+async fn setup_topics(admin: &TopicAdmin, metrics: &Metrics, shutdown: &CancellationToken) -> Option<TopicLayout> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match admin.ensure().await {
+            Ok(layout) => {
+                tracing::info!(input_partitions = layout.input_partitions, "topics ready");
+                return Some(layout);
+            }
+            Err(e) => metrics.handled_error(ErrorKind::TopicSetup, &format_args!("{e}; retrying in {backoff:?}")),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}

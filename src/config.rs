@@ -1,0 +1,469 @@
+//! Configuration: one strict struct, loaded from TOML plus `LEDGERD_<SECTION>__<KEY>` environment
+//! overrides, validated at start-up with messages that name the key.
+//!
+//! `config/ledgerd.toml` documents every key with its default; `Config::default()` is the same set of
+//! defaults, so a missing file or key means the documented default.
+
+use crate::input::InputFormat;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of environment overrides: `LEDGERD_KAFKA__BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`.
+pub const ENV_PREFIX: &str = "LEDGERD_";
+
+/// librdkafka settings ledgerd owns; setting them in `kafka.properties` would break its guarantees.
+const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    ("group.id", "set kafka.group_id instead"),
+    ("group.instance.id", "set kafka.group_instance_id instead"),
+    ("enable.auto.commit", "ledgerd commits after each checkpoint"),
+    ("enable.auto.offset.store", "ledgerd stores offsets after each checkpoint"),
+    ("auto.offset.reset", "ledgerd decides the start offset from its own state"),
+    ("partition.assignment.strategy", "ledgerd needs cooperative-sticky"),
+    ("enable.partition.eof", "ledgerd manages partition EOF itself"),
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub input: InputConfig,
+    pub state: StateConfig,
+    pub checkpoint: CheckpointConfig,
+    pub dedupe: DedupeConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[kafka]`: the cluster, the consumer group, and the topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    /// Consumer group id; every ledgerd instance of one deployment shares it.
+    pub group_id: String,
+    /// Static group membership id (e.g. the pod name) for rolling restarts without rebalances; empty
+    /// means dynamic membership.
+    pub group_instance_id: String,
+    /// Topic of transaction events, keyed by account id.
+    pub input_topic: String,
+    /// Dead-letter topic; created with the input's partition count when missing.
+    pub dlq_topic: String,
+    /// Replication factor for topics ledgerd creates; -1 is the broker's default.
+    pub replication_factor: i32,
+    /// Extra librdkafka properties for every client (TLS, SASL, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "ledgerd".into(),
+            group_instance_id: String::new(),
+            input_topic: "transactions".into(),
+            dlq_topic: "transactions-dlq".into(),
+            replication_factor: -1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[input]`: how records are decoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// `auto`, `json` or `protobuf`.
+    pub format: InputFormat,
+}
+
+/// `[state]`: the local RocksDB state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory holding one RocksDB database per assigned partition (`<topic>-<partition>/`).
+    pub dir: PathBuf,
+    /// Block cache shared by all partitions' databases.
+    pub block_cache_size: ByteSize,
+    /// Memtable budget shared by all partitions' databases (charged to the block cache).
+    pub write_buffer_size: ByteSize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("state"),
+            block_cache_size: ByteSize(256 << 20),
+            write_buffer_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `[checkpoint]`: how often applied work becomes durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Checkpoint each partition at least this often while it has unapplied work.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// ...or as soon as this many records were consumed since its last checkpoint.
+    pub max_records: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { interval: Duration::from_secs(1), max_records: 50_000 }
+    }
+}
+
+/// `[dedupe]`: how long transaction ids are remembered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeConfig {
+    /// Ids are remembered for this much event time behind the newest event of the partition. A
+    /// duplicate older than that is applied again, and a reversal of a forgotten transaction is
+    /// dead-lettered as `reversal_unknown_transaction`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig { window: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+/// `[http]`: the query API and metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Pretty, filter: "info".into() }
+    }
+}
+
+/// `[shutdown]`: graceful stop on SIGTERM/SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Drain, checkpoint, commit and flush within this time; keep it below `session.timeout.ms`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout: Duration::from_secs(20) }
+    }
+}
+
+/// A byte count written as an integer or with a unit: `268435456`, `"256MiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Option<ByteSize> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().ok()?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return None,
+        };
+        number.checked_mul(factor).map(ByteSize)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!("{t:?} is not a size (use e.g. 268435456, \"256MiB\", \"1GB\")"))
+            }),
+        }
+    }
+}
+
+/// A configuration problem, naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into() }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (which must exist when given), then environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect::<Vec<_>>();
+        Config::load_from(path, env)
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_from(path: Option<&Path>, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    message: "not found (pass an existing file to --config, or omit it for defaults)".into(),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Each LEDGERD_<SECTION>__<KEY> becomes the dotted key section.key. Values are read like
+        // TOML scalars ("5" is a number, "true" a boolean) so numeric and boolean keys work.
+        // Variables reserved for the test kit (LEDGERD_TEST_*) are not configuration.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if rest.starts_with("TEST_") {
+                continue;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
+            figment = figment.merge(Serialized::default(&key, value));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| {
+                        let key = e.path.join(".");
+                        format!("{}{}", if key.is_empty() { String::new() } else { format!("`{key}`: ") }, e.kind)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, with secret-looking `kafka.properties` values masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        for (key, value) in masked.kafka.properties.iter_mut() {
+            if is_secret_property(key) {
+                *value = "****".into();
+            }
+        }
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// Checks values serde cannot: emptiness, ranges, reserved passthrough properties.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "is empty: list brokers as host:port[,host:port]"));
+        }
+        for (key, value) in
+            [("kafka.group_id", &k.group_id), ("kafka.input_topic", &k.input_topic), ("kafka.dlq_topic", &k.dlq_topic)]
+        {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "is empty"));
+            }
+        }
+        if k.dlq_topic == k.input_topic {
+            return Err(invalid("kafka.dlq_topic", "must differ from kafka.input_topic"));
+        }
+        if k.replication_factor == 0 || k.replication_factor < -1 {
+            return Err(invalid("kafka.replication_factor", "must be -1 (broker default) or >= 1"));
+        }
+        for (name, why) in RESERVED_PROPERTIES {
+            if k.properties.contains_key(*name) {
+                return Err(invalid("kafka.properties", format!("must not set {name:?}: {why}")));
+            }
+        }
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(invalid("state.dir", "is empty"));
+        }
+        if self.state.block_cache_size.0 < 1 << 20 {
+            return Err(invalid("state.block_cache_size", "must be at least 1MiB"));
+        }
+        if self.state.write_buffer_size.0 < 1 << 20 {
+            return Err(invalid("state.write_buffer_size", "must be at least 1MiB"));
+        }
+        if self.checkpoint.interval.is_zero() {
+            return Err(invalid("checkpoint.interval", "must be > 0 (e.g. \"1s\")"));
+        }
+        if self.checkpoint.max_records == 0 {
+            return Err(invalid("checkpoint.max_records", "must be > 0"));
+        }
+        if self.dedupe.window < Duration::from_secs(1) {
+            return Err(invalid("dedupe.window", "must be at least 1s (default \"7d\")"));
+        }
+        if self.shutdown.timeout.is_zero() {
+            return Err(invalid("shutdown.timeout", "must be > 0"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| invalid("log.filter", format!("is not a valid filter: {e}")))?;
+        Ok(())
+    }
+}
+
+/// librdkafka properties whose values must never be printed or logged.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "private", "credential"].iter().any(|word| key.contains(word))
+        || key.ends_with(".key.pem")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn masked_toml_hides_secrets() {
+        let mut config = Config::default();
+        config.kafka.properties.insert("sasl.password".into(), "hunter2".into());
+        config.kafka.properties.insert("security.protocol".into(), "SASL_SSL".into());
+        let text = config.to_masked_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("SASL_SSL"), "{text}");
+        // The rendering is itself a loadable config file.
+        let f = file(&text);
+        let reloaded = Config::load_from(Some(f.path()), vec![]).unwrap();
+        assert_eq!(reloaded.kafka.properties["sasl.password"], "****");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn shipped_config_file_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ledgerd.toml");
+        assert_eq!(Config::load_from(Some(&path), vec![]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let f = file("[kafka]\nbootstrap_servers = \"a:1\"\ngroup_id = \"g\"\n[checkpoint]\ninterval = \"250ms\"\n");
+        let config = Config::load_from(
+            Some(f.path()),
+            env(&[
+                ("LEDGERD_KAFKA__BOOTSTRAP_SERVERS", "b:2"),
+                ("LEDGERD_CHECKPOINT__MAX_RECORDS", "10"),
+                ("LEDGERD_TEST_BROKERS", "ignored:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "b:2");
+        assert_eq!(config.kafka.group_id, "g");
+        assert_eq!(config.checkpoint.interval, Duration::from_millis(250));
+        assert_eq!(config.checkpoint.max_records, 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = file("[kafka]\nbootstrap_server = \"a:1\"\n");
+        let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(err.contains("bootstrap_server") && err.contains("kafka"), "{err}");
+        let err = Config::load_from(None, env(&[("LEDGERD_KAFKA__NOPE", "1")])).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let f = file("[checkpoint]\ninterval = \"soon\"\n");
+        let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.interval"), "{err}");
+        let f = file("[http]\nlisten = \"localhost\"\n");
+        let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(err.contains("http.listen"), "{err}");
+        let err = Config::load_from(None, env(&[("LEDGERD_CHECKPOINT__MAX_RECORDS", "0")])).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.max_records"), "{err}");
+        let f = file("[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n");
+        let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(err.contains("enable.auto.commit"), "{err}");
+        let f = file("[state]\nblock_cache_size = \"lots\"\n");
+        let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(err.contains("state.block_cache_size"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/ledgerd.toml")), vec![]).unwrap_err();
+        assert!(err.to_string().contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("256MiB"), Some(ByteSize(256 << 20)));
+        assert_eq!(ByteSize::parse("1GB"), Some(ByteSize(1_000_000_000)));
+        assert_eq!(ByteSize::parse("42"), Some(ByteSize(42)));
+        assert_eq!(ByteSize::parse("1TiB"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! JSON events in the seeds' shape. Fields are borrowed from the record where possible; `amount` is
+//! read from the raw JSON text (number or string) so it never passes through a float.
+
+use crate::ledger::{RawEvent, RejectReason, Rejection, TransactionEvent};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// The JSON shape. Unknown fields (merchant, description, …) are ignored.
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(borrow)]
+    transaction_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    account_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reverses: Option<Cow<'a, str>>,
+}
+
+/// The text of a scalar given as a JSON string or a bare number (`"42"` or `42` both give `42`).
+/// `null` is absent; objects, arrays and booleans are an error naming the field.
+fn scalar_text<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<Cow<'a, str>>(text)
+            .map(Some)
+            .map_err(|e| Rejection::new(RejectReason::InvalidField, format!("field `{field}`: {e}"))),
+        Some(b'-' | b'0'..=b'9') => Ok(Some(Cow::Borrowed(text))),
+        _ if text == "null" => Ok(None),
+        _ => Err(Rejection::new(
+            RejectReason::InvalidField,
+            format!("field `{field}` must be a string or a number, got {text}"),
+        )),
+    }
+}
+
+pub(super) fn decode(value: &[u8], key: Option<&str>) -> Result<TransactionEvent, Rejection> {
+    // An event is a JSON object; anything else (a bare number, an array, binary) is malformed input,
+    // not a mistyped field.
+    if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Rejection::new(RejectReason::MalformedJson, "value is not a JSON object"));
+    }
+    let parsed: JsonEvent<'_> = serde_json::from_slice(value).map_err(|e| {
+        let reason = if e.is_data() { RejectReason::InvalidField } else { RejectReason::MalformedJson };
+        Rejection::new(reason, e.to_string())
+    })?;
+    let transaction_id = scalar_text(parsed.transaction_id, "transaction_id")?;
+    let amount = scalar_text(parsed.amount, "amount")?;
+    let raw = RawEvent {
+        transaction_id: transaction_id.as_deref(),
+        timestamp: parsed.timestamp.as_deref(),
+        account_id: parsed.account_id.as_deref(),
+        kind: parsed.kind.as_deref(),
+        amount: amount.as_deref(),
+        currency: parsed.currency.as_deref(),
+        reverses: parsed.reverses.as_deref(),
+    };
+    TransactionEvent::validate(raw, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Effect, EventKind};
+
+    fn ok(json: &str) -> TransactionEvent {
+        decode(json.as_bytes(), None).unwrap()
+    }
+
+    fn reason(json: &str) -> RejectReason {
+        decode(json.as_bytes(), None).unwrap_err().reason
+    }
+
+    fn delta(event: &TransactionEvent) -> String {
+        match &event.effect {
+            Effect::Movement { delta, .. } => delta.to_string(),
+            other => panic!("not a movement: {other:?}"),
+        }
+    }
+
+    const BASE: &str = r#""transaction_id":"t1","timestamp":"2024-03-11T12:30:45","account_id":"a1","currency":"USD""#;
+
+    #[test]
+    fn amount_as_number_or_string_is_exact() {
+        assert_eq!(delta(&ok(&format!(r#"{{{BASE},"type":"transfer","amount":5000.00}}"#))), "5000.00");
+        assert_eq!(delta(&ok(&format!(r#"{{{BASE},"type":"transfer","amount":"5000.00"}}"#))), "5000.00");
+        assert_eq!(delta(&ok(&format!(r#"{{{BASE},"type":"deposit","amount":1e2}}"#))), "100");
+        assert_eq!(delta(&ok(&format!(r#"{{{BASE},"type":"deposit","amount":0.1}}"#))), "0.1");
+        // More digits than an f64 holds, still exact.
+        assert_eq!(
+            delta(&ok(&format!(r#"{{{BASE},"type":"deposit","amount":12345678901234567890.12}}"#))),
+            "12345678901234567890.12"
+        );
+    }
+
+    #[test]
+    fn numeric_transaction_ids_and_unknown_fields_are_accepted() {
+        let event = ok(
+            r#"{"transaction_id":987654321,"timestamp":"2024-03-11T15:57:09","account_id":"6ad87cf1","type":"payment","amount":-1299.00,"currency":"USD","merchant":"Data Council","extra":{"nested":[1,2]}}"#,
+        );
+        assert_eq!(event.transaction_id, "987654321");
+        assert_eq!(event.kind, EventKind::Payment);
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let event = ok(
+            r#"{"transaction_id":"t\u0031","timestamp":"2024-03-11T12:30:45","account_id":"caf\u00e9","type":"deposit","amount":"1","currency":"USD"}"#,
+        );
+        assert_eq!(event.transaction_id, "t1");
+        assert_eq!(event.account_id, "café");
+    }
+
+    #[test]
+    fn malformed_and_mistyped_input_is_classified() {
+        assert_eq!(reason("{not json"), RejectReason::MalformedJson);
+        assert_eq!(reason(r#"{"transaction_id":"t1""#), RejectReason::MalformedJson);
+        assert_eq!(reason(r#"[1,2]"#), RejectReason::MalformedJson);
+        assert_eq!(reason("\n\t987654321"), RejectReason::MalformedJson);
+        assert_eq!(reason(r#"{"transaction_id":"t1"} trailing"#), RejectReason::MalformedJson);
+        assert_eq!(reason(&format!(r#"{{{BASE},"type":"deposit","amount":true}}"#)), RejectReason::InvalidField);
+        assert_eq!(reason(&format!(r#"{{{BASE},"type":"deposit","amount":"abc"}}"#)), RejectReason::InvalidAmount);
+        assert_eq!(reason(&format!(r#"{{{BASE},"type":"deposit","amount":null}}"#)), RejectReason::MissingField);
+        assert_eq!(reason(&format!(r#"{{{BASE},"type":7,"amount":1}}"#)), RejectReason::InvalidField);
+        assert_eq!(reason(&format!(r#"{{{BASE},"type":"deposit","amount":-5}}"#)), RejectReason::InvalidAmount);
+    }
+}

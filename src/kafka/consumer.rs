@@ -1,0 +1,174 @@
+//! The consumer-group thread: owns the `BaseConsumer`, polls records, applies them to their
+//! partition's state, and checkpoints on the configured schedule.
+//!
+//! Everything happens on this one dedicated thread (rebalance callbacks run inside `poll()`), so a
+//! partition's state is never touched concurrently and blocking here never stalls a tokio worker.
+
+use super::dead_letter::DeadLetterProducer;
+use super::group::{GroupContext, Shared};
+use super::{client_config, KafkaContext};
+use crate::config::Config;
+use crate::input::{self, InputFormat};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::partition::Disposition;
+use crate::registry::PartitionRegistry;
+use crate::store::StoreEnv;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound on one `poll()` wait, so shutdown and checkpoint deadlines are noticed promptly.
+const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+/// How often, at most, the loop scans partitions for interval-driven checkpoints while busy.
+const CHECKPOINT_SCAN_EVERY: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// What the consumer thread needs.
+pub struct ConsumerParts {
+    pub config: Arc<Config>,
+    pub env: Arc<StoreEnv>,
+    pub metrics: Metrics,
+    pub registry: Arc<PartitionRegistry>,
+    pub dead_letters: DeadLetterProducer,
+    pub shutdown: CancellationToken,
+}
+
+/// Joins the group and processes until `shutdown` fires; then checkpoints every owned partition,
+/// commits, and leaves the group. Blocking: run it on its own thread.
+pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
+    let ConsumerParts { config, env, metrics, registry, dead_letters, shutdown } = parts;
+    let shared =
+        Arc::new(Shared::new(Arc::clone(&config), env, metrics.clone(), dead_letters, registry, shutdown.clone()));
+    let mut client = client_config(&config.kafka);
+    client
+        .set("group.id", &config.kafka.group_id)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Offsets are committed by ledgerd after each checkpoint, never automatically.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Start positions come from the state; this only applies if a stored offset is out of
+        // range (e.g. retention deleted it), and then the earliest data is the safe choice.
+        .set("auto.offset.reset", "earliest");
+    if !config.kafka.group_instance_id.is_empty() {
+        client.set("group.instance.id", &config.kafka.group_instance_id);
+    }
+    let context = GroupContext { client: KafkaContext { metrics: metrics.clone() }, shared: Arc::clone(&shared) };
+    let consumer: BaseConsumer<GroupContext> = client.create_with_context(context)?;
+    consumer.subscribe(&[&config.kafka.input_topic])?;
+    tracing::info!(topic = %config.kafka.input_topic, group = %config.kafka.group_id, "joined consumer group");
+
+    let format = config.input.format;
+    let interval = config.checkpoint.interval;
+    let max_records = config.checkpoint.max_records;
+    let mut next_scan = Instant::now();
+    let mut poll_error_backoff = Duration::ZERO;
+    while !shutdown.is_cancelled() {
+        match consumer.poll(MAX_POLL_WAIT) {
+            Some(Ok(message)) => {
+                poll_error_backoff = Duration::ZERO;
+                if handle(&shared, &message, format, max_records) {
+                    next_scan = Instant::now();
+                }
+            }
+            Some(Err(e)) => {
+                // E.g. the topic vanished or a partition is unavailable; librdkafka keeps retrying.
+                metrics.handled_error(ErrorKind::ConsumerPoll, &e);
+                poll_error_backoff = (poll_error_backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+                std::thread::sleep(poll_error_backoff);
+            }
+            None => {}
+        }
+        let now = Instant::now();
+        if now >= next_scan {
+            checkpoint_due(&shared, &consumer, now, interval, max_records);
+            next_scan = now + CHECKPOINT_SCAN_EVERY;
+        }
+    }
+
+    tracing::info!("shutting down: checkpointing owned partitions");
+    shared.registry.mark_stopping();
+    shared.release(&consumer, None);
+    shared.dead_letters.flush(Duration::from_secs(5));
+    // Dropping the consumer closes it: it leaves the group (its revoke callback finds nothing left).
+    drop(consumer);
+    let fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match fatal {
+        Some(message) => Err(ConsumerError::Fatal(message)),
+        None => Ok(()),
+    }
+}
+
+/// Applies one record. Returns true when its partition reached `max_records` since its checkpoint.
+fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, max_records: u64) -> bool {
+    let mut owned = shared.owned();
+    let Some(entry) = owned.get_mut(&message.partition()) else {
+        // A record of a partition released in this poll's rebalance: the next owner reads it.
+        return false;
+    };
+    if message.offset() < entry.state.next_offset() {
+        // Already reflected in the state (possible only around seeks); applying it again would double it.
+        return false;
+    }
+    let content_type = match format {
+        InputFormat::Auto => content_type(message),
+        _ => None,
+    };
+    let decoded = input::decode(format, message.key(), message.payload(), content_type);
+    let mut backoff = Duration::from_millis(50);
+    let disposition = loop {
+        match entry.state.process(message.offset(), &decoded) {
+            Ok(disposition) => break disposition,
+            Err(e) => {
+                shared.metrics.handled_error(
+                    ErrorKind::StateRead,
+                    &format_args!("partition {} offset {}: {e}", message.partition(), message.offset()),
+                );
+                if shared.shutdown.is_cancelled() {
+                    return false;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if let Disposition::DeadLetter(rejection) = disposition {
+        tracing::debug!(partition = message.partition(), offset = message.offset(), reason = %rejection.reason, "dead-lettering record");
+        entry.in_flight.push(shared.dead_letters.send(message, &rejection));
+    }
+    entry.state.checkpoint_due(Instant::now(), Duration::MAX, max_records)
+}
+
+fn content_type<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
+    message.headers()?.iter().find(|h| h.key.eq_ignore_ascii_case("content-type")).and_then(|h| h.value)
+}
+
+fn checkpoint_due(
+    shared: &Shared,
+    consumer: &BaseConsumer<GroupContext>,
+    now: Instant,
+    interval: Duration,
+    max_records: u64,
+) {
+    let mut owned = shared.owned();
+    let mut committed = Vec::new();
+    for (partition, entry) in owned.iter_mut() {
+        if entry.state.checkpoint_due(now, interval, max_records) {
+            if let Some(next) = shared.checkpoint(entry) {
+                committed.push((*partition, next));
+            }
+        }
+    }
+    drop(owned);
+    shared.commit(consumer, &committed, CommitMode::Async);
+}

@@ -1,0 +1,11 @@
+//! Domain rules: money, events, and the balance reducer. Knows nothing of Kafka or RocksDB.
+
+pub mod event;
+pub mod money;
+pub mod reducer;
+pub mod reject;
+
+pub use event::{Currency, Effect, EventKind, RawEvent, TransactionEvent};
+pub use money::Amount;
+pub use reducer::{apply, LedgerState, Outcome, TransactionRecord};
+pub use reject::{RejectReason, Rejection};

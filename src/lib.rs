@@ -1,0 +1,38 @@
+//! ledgerd: exactly-once account balances from an event-sourced Kafka topic.
+//!
+//! The pipeline, one module per stage:
+//! - [`config`]: the strict, documented configuration (TOML + `LEDGERD_*` environment overrides).
+//! - [`input`]: record bytes (JSON or protobuf) to validated events.
+//! - [`ledger`]: domain rules — exact money, events, the balance reducer. No Kafka, no RocksDB.
+//! - [`kafka`]: topic setup, the consumer-group thread and its rebalance bridge, the dead-letter producer.
+//! - [`partition`]: one owned partition — apply records, build atomic checkpoints.
+//! - [`store`]: per-partition RocksDB state; the only module that imports `rocksdb`.
+//! - [`registry`]: which partitions this instance owns, shared with the API.
+//! - [`api`]: HTTP balances, metrics, liveness and readiness.
+//! - [`metrics`]: every Prometheus metric, and the one place handled errors are logged and counted.
+//! - [`app`]: wires the above together: [`app::start`] / [`app::run`].
+//! - [`demo`]: the zero-setup demo on an in-process mock cluster.
+//! - [`loadgen`]: generated workloads with independently computed expected balances.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod input;
+pub mod kafka;
+pub mod ledger;
+pub mod loadgen;
+pub mod logging;
+pub mod metrics;
+pub mod partition;
+pub mod registry;
+pub mod store;
+
+/// Code generated from `proto/ledgerd/v1/*.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/ledgerd.v1.rs"));
+}
+
+pub use app::{run, start, Running};
+pub use config::Config;

@@ -1,0 +1,82 @@
+//! The uncheckpointed changes of a partition, and the reducer's view: overlay first, store second.
+
+use crate::ledger::{Amount, Currency, LedgerState, TransactionRecord};
+use crate::store::{Checkpoint, PartitionStore, StoreError};
+use std::collections::HashMap;
+
+/// Changes of one account since the last checkpoint.
+#[derive(Default)]
+struct AccountChanges {
+    /// Few currencies per account: a small vector beats a map.
+    balances: Vec<(Currency, Amount)>,
+    transactions: HashMap<String, TransactionRecord>,
+}
+
+/// Changes since the last checkpoint, keyed by account.
+#[derive(Default)]
+pub(super) struct Overlay {
+    accounts: HashMap<String, AccountChanges>,
+}
+
+impl Overlay {
+    fn account_mut(&mut self, account: &str) -> &mut AccountChanges {
+        // Look up by &str first so the common case (account already present) allocates nothing.
+        if !self.accounts.contains_key(account) {
+            self.accounts.insert(account.to_owned(), AccountChanges::default());
+        }
+        self.accounts.get_mut(account).expect("inserted above")
+    }
+
+    pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>) {
+        for (account, changes) in &self.accounts {
+            for (currency, balance) in &changes.balances {
+                batch.put_balance(account, *currency, *balance);
+            }
+            for (id, record) in &changes.transactions {
+                batch.put_transaction(account, id, record);
+            }
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.accounts.clear();
+    }
+}
+
+/// What the reducer reads and writes while applying one event.
+pub(super) struct View<'a> {
+    pub store: &'a PartitionStore,
+    pub overlay: &'a mut Overlay,
+}
+
+impl LedgerState for View<'_> {
+    type Error = StoreError;
+
+    fn balance(&mut self, account: &str, currency: Currency) -> Result<Amount, StoreError> {
+        if let Some(changes) = self.overlay.accounts.get(account) {
+            if let Some((_, balance)) = changes.balances.iter().find(|(c, _)| *c == currency) {
+                return Ok(*balance);
+            }
+        }
+        Ok(self.store.balance(account, currency)?.unwrap_or_default())
+    }
+
+    fn transaction(&mut self, account: &str, transaction_id: &str) -> Result<Option<TransactionRecord>, StoreError> {
+        if let Some(record) = self.overlay.accounts.get(account).and_then(|c| c.transactions.get(transaction_id)) {
+            return Ok(Some(record.clone()));
+        }
+        self.store.transaction(account, transaction_id)
+    }
+
+    fn set_balance(&mut self, account: &str, currency: Currency, balance: Amount) {
+        let balances = &mut self.overlay.account_mut(account).balances;
+        match balances.iter_mut().find(|(c, _)| *c == currency) {
+            Some(entry) => entry.1 = balance,
+            None => balances.push((currency, balance)),
+        }
+    }
+
+    fn put_transaction(&mut self, account: &str, transaction_id: &str, record: TransactionRecord) {
+        self.overlay.account_mut(account).transactions.insert(transaction_id.to_owned(), record);
+    }
+}

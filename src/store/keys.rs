@@ -1,0 +1,134 @@
+//! Key layout of a partition's RocksDB, one column family per kind of record.
+//!
+//! Keys put big-endian integers first where order matters, so RocksDB's byte order is numeric order.
+//! Account ids are length-prefixed (u16 BE) so one account's keys form a contiguous range that no
+//! other account's keys can fall into, whatever bytes the ids contain.
+//!
+//! | column family  | key                                            | value                       |
+//! |----------------|------------------------------------------------|-----------------------------|
+//! | `meta`         | a [`MetaKey`] name                             | see `codec`                 |
+//! | `balances`     | account prefix, currency (3 bytes)             | format byte + 16-byte amount|
+//! | `transactions` | account prefix, transaction id                 | format byte + protobuf      |
+//! | `txn_expiry`   | event time (u64 BE, sign-flipped), account prefix, transaction id | empty    |
+
+use crate::ledger::Currency;
+
+pub const CF_META: &str = "meta";
+pub const CF_BALANCES: &str = "balances";
+pub const CF_TRANSACTIONS: &str = "transactions";
+pub const CF_TXN_EXPIRY: &str = "txn_expiry";
+pub const ALL_CFS: [&str; 4] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_TXN_EXPIRY];
+
+/// Named entries of the `meta` column family.
+#[derive(Debug, Clone, Copy)]
+pub enum MetaKey {
+    /// The state's format version (u32 BE); a mismatch sets the state aside.
+    FormatVersion,
+    /// `<topic>\0<partition>`: which input partition this state belongs to.
+    Identity,
+    /// The next input offset to read (i64 BE): every record below it is reflected in this state.
+    NextOffset,
+    /// The newest event time applied (i64 BE micros); drives the dedupe window.
+    Watermark,
+}
+
+impl MetaKey {
+    pub fn name(self) -> &'static [u8] {
+        match self {
+            MetaKey::FormatVersion => b"format_version",
+            MetaKey::Identity => b"identity",
+            MetaKey::NextOffset => b"next_offset",
+            MetaKey::Watermark => b"watermark",
+        }
+    }
+}
+
+/// Appends the length-prefixed account id.
+pub fn push_account(key: &mut Vec<u8>, account: &str) {
+    // Ids are validated to at most MAX_ID_LEN (256) bytes, far below u16::MAX.
+    key.extend_from_slice(&(account.len() as u16).to_be_bytes());
+    key.extend_from_slice(account.as_bytes());
+}
+
+pub fn account_prefix(account: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + account.len());
+    push_account(&mut key, account);
+    key
+}
+
+pub fn balance(account: &str, currency: Currency) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + account.len());
+    push_account(&mut key, account);
+    key.extend_from_slice(currency.as_bytes());
+    key
+}
+
+pub fn transaction(account: &str, transaction_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + account.len() + transaction_id.len());
+    push_account(&mut key, account);
+    key.extend_from_slice(transaction_id.as_bytes());
+    key
+}
+
+/// Signed micros mapped to u64 so that byte order is numeric order across negative values.
+fn ordered_time(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn expiry(event_time_micros: i64, account: &str, transaction_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + account.len() + transaction_id.len());
+    key.extend_from_slice(&ordered_time(event_time_micros));
+    push_account(&mut key, account);
+    key.extend_from_slice(transaction_id.as_bytes());
+    key
+}
+
+/// The smallest expiry key with an event time >= `micros`: an exclusive upper bound for pruning.
+pub fn expiry_bound(micros: i64) -> Vec<u8> {
+    ordered_time(micros).to_vec()
+}
+
+/// Splits an expiry key back into the `transactions` key it points at.
+pub fn transaction_key_of_expiry(expiry_key: &[u8]) -> Option<&[u8]> {
+    expiry_key.get(8..)
+}
+
+/// Splits a `balances` key into (account, currency).
+pub fn split_balance(key: &[u8]) -> Option<(&str, Currency)> {
+    let len = usize::from(u16::from_be_bytes(key.get(..2)?.try_into().ok()?));
+    let account = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
+    let currency = Currency::parse(std::str::from_utf8(key.get(2 + len..)?).ok()?)?;
+    Some((account, currency))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ranges_do_not_interleave() {
+        // "ab" must not be a byte prefix of "abc"'s keys.
+        let usd = Currency::parse("USD").unwrap();
+        assert!(!balance("abc", usd).starts_with(&account_prefix("ab")));
+        assert!(balance("ab", usd).starts_with(&account_prefix("ab")));
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_including_negative() {
+        let mut keys = vec![expiry(5, "a", "t"), expiry(-5, "a", "t"), expiry(0, "a", "t"), expiry(i64::MIN, "z", "t")];
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![expiry(i64::MIN, "z", "t"), expiry(-5, "a", "t"), expiry(0, "a", "t"), expiry(5, "a", "t")]
+        );
+        assert!(expiry(4, "zz", "t") < expiry_bound(5));
+        assert!(expiry(5, "a", "t") >= expiry_bound(5));
+        assert_eq!(transaction_key_of_expiry(&expiry(9, "a", "t1")).unwrap(), transaction("a", "t1").as_slice());
+    }
+
+    #[test]
+    fn balance_keys_split_back() {
+        let usd = Currency::parse("USD").unwrap();
+        assert_eq!(split_balance(&balance("6ad87cf1", usd)), Some(("6ad87cf1", usd)));
+    }
+}

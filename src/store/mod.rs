@@ -1,0 +1,430 @@
+//! Local state: one RocksDB database per owned input partition. The only module that imports `rocksdb`.
+//!
+//! Offset vocabulary, used everywhere in ledgerd:
+//! - **next offset**: the offset of the next input record to read. Every record below it is reflected
+//!   in the state (applied, skipped as a duplicate, or confirmed in the dead-letter topic).
+//! - A **checkpoint** is one atomic `WriteBatch` holding the changed balances, the remembered
+//!   transaction ids and the next offset, written with a synced WAL. State and offset therefore can
+//!   never disagree: after a crash the partition resumes at the stored next offset.
+//!
+//! All partitions share one block cache and one write-buffer manager charged to that cache, so the
+//! memory of every database together is bounded by `state.block_cache_size`.
+
+pub mod codec;
+pub mod keys;
+
+use crate::config::StateConfig;
+use crate::ledger::{Amount, Currency, TransactionRecord};
+use codec::CodecError;
+use keys::{MetaKey, CF_BALANCES, CF_META, CF_TRANSACTIONS, CF_TXN_EXPIRY};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
+};
+use std::path::{Path, PathBuf};
+
+/// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("io on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Shared resources for every partition's database.
+pub struct StoreEnv {
+    root: PathBuf,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+/// A partition's state that was found unusable and moved out of the way.
+#[derive(Debug)]
+pub struct SetAside {
+    pub moved_to: PathBuf,
+    pub reason: String,
+}
+
+impl StoreEnv {
+    pub fn new(config: &StateConfig) -> Result<StoreEnv, StoreError> {
+        std::fs::create_dir_all(&config.dir).map_err(|source| StoreError::Io { path: config.dir.clone(), source })?;
+        let cache = Cache::new_lru_cache(config.block_cache_size.0 as usize);
+        // Memtables are charged to the block cache: total memory stays within block_cache_size.
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            config.write_buffer_size.0 as usize,
+            false,
+            cache.clone(),
+        );
+        Ok(StoreEnv { root: config.dir.clone(), cache, write_buffers })
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.root.join(format!("{topic}-{partition}"))
+    }
+
+    /// Bytes used by the shared block cache (memtables included).
+    pub fn cache_usage(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    fn options(&self) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.cache);
+        // Point lookups of transaction ids are mostly misses: bloom filters answer them in memory.
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_block_based_table_factory(&table);
+        options.set_write_buffer_manager(&self.write_buffers);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.set_max_open_files(256);
+        options.set_keep_log_file_num(3);
+        options.set_max_log_file_size(8 << 20);
+        options
+    }
+
+    fn open_db(&self, path: &Path) -> Result<DB, rocksdb::Error> {
+        let options = self.options();
+        let cfs = keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, options.clone()));
+        DB::open_cf_descriptors(&options, path, cfs)
+    }
+
+    /// Opens (or creates) the state of `topic`/`partition`. State that cannot be opened, or that
+    /// belongs to another topic, partition or format version, is moved aside and replaced by empty
+    /// state, which then rebuilds from the input.
+    pub fn open_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(PartitionStore, Option<SetAside>), StoreError> {
+        let path = self.partition_dir(topic, partition);
+        let identity = format!("{topic}\0{partition}");
+        let mut set_aside = None;
+        let problem = match self.open_db(&path) {
+            Ok(db) => match check_identity(&db, &identity) {
+                Ok(()) => return Ok((PartitionStore::new(db, path, &identity)?, None)),
+                Err(reason) => reason,
+            },
+            // Our own previous handle may still be closing (e.g. an API read holds it for a moment
+            // after a quick revoke and re-assign): that is not damage, the caller retries.
+            Err(e) if e.to_string().contains("lock") => return Err(StoreError::Rocks(e)),
+            Err(e) => format!("cannot open: {e}"),
+        };
+        // The failed handle is dropped above, so the directory can be moved.
+        let moved_to = path.with_file_name(format!(
+            "{}.aside-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+        ));
+        std::fs::rename(&path, &moved_to).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        set_aside.replace(SetAside { moved_to, reason: problem });
+        let db = self.open_db(&path)?;
+        Ok((PartitionStore::new(db, path, &identity)?, set_aside))
+    }
+}
+
+/// Fresh databases have no identity yet; existing ones must match exactly.
+fn check_identity(db: &DB, identity: &str) -> Result<(), String> {
+    let meta = db.cf_handle(CF_META).ok_or("no meta column family")?;
+    let read = |key: MetaKey| db.get_cf(meta, key.name()).map_err(|e| format!("cannot read meta: {e}"));
+    let format = read(MetaKey::FormatVersion)?;
+    let stored_identity = read(MetaKey::Identity)?;
+    match (format, stored_identity) {
+        (None, None) => Ok(()),
+        (Some(format), Some(stored)) => {
+            let version = <[u8; 4]>::try_from(format.as_slice()).map(u32::from_be_bytes).ok();
+            if version != Some(FORMAT_VERSION) {
+                return Err(format!("format version {version:?}, expected {FORMAT_VERSION}"));
+            }
+            if stored != identity.as_bytes() {
+                return Err(format!("belongs to {:?}", String::from_utf8_lossy(&stored).replace('\0', "/")));
+            }
+            Ok(())
+        }
+        _ => Err("incomplete meta (format version or identity missing)".into()),
+    }
+}
+
+/// The state of one input partition.
+pub struct PartitionStore {
+    db: DB,
+    path: PathBuf,
+    next_offset: Option<i64>,
+    watermark_micros: i64,
+}
+
+impl PartitionStore {
+    fn new(db: DB, path: PathBuf, identity: &str) -> Result<PartitionStore, StoreError> {
+        let meta = db.cf_handle(CF_META).expect("opened with every column family");
+        if db.get_cf(meta, MetaKey::FormatVersion.name())?.is_none() {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, MetaKey::FormatVersion.name(), FORMAT_VERSION.to_be_bytes());
+            batch.put_cf(meta, MetaKey::Identity.name(), identity.as_bytes());
+            db.write_opt(batch, &synced())?;
+        }
+        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
+            Ok(db.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
+        };
+        let next_offset = read_i64(MetaKey::NextOffset)?;
+        let watermark_micros = read_i64(MetaKey::Watermark)?.unwrap_or(i64::MIN);
+        Ok(PartitionStore { db, path, next_offset, watermark_micros })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next offset to read as of the last checkpoint; `None` for state that never checkpointed.
+    pub fn stored_next_offset(&self) -> Option<i64> {
+        self.next_offset
+    }
+
+    /// The newest event time applied as of opening.
+    pub fn stored_watermark_micros(&self) -> i64 {
+        self.watermark_micros
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("opened with every column family")
+    }
+
+    pub fn balance(&self, account: &str, currency: Currency) -> Result<Option<Amount>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(CF_BALANCES), keys::balance(account, currency))? {
+            Some(bytes) => Ok(Some(codec::decode_balance(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn transaction(&self, account: &str, transaction_id: &str) -> Result<Option<TransactionRecord>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(CF_TRANSACTIONS), keys::transaction(account, transaction_id))? {
+            Some(bytes) => Ok(Some(codec::decode_transaction(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every currency balance of `account`, ordered by currency.
+    pub fn account_balances(&self, account: &str) -> Result<Vec<(Currency, Amount)>, StoreError> {
+        let prefix = keys::account_prefix(account);
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(prefix.clone());
+        read.set_iterate_upper_bound(prefix_end(&prefix));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_BALANCES), read, IteratorMode::Start) {
+            let (key, value) = item?;
+            if let Some((_, currency)) = keys::split_balance(&key) {
+                out.push((currency, codec::decode_balance(&value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a checkpoint. Nothing is visible until [`PartitionStore::commit`].
+    pub fn begin(&self) -> Checkpoint<'_> {
+        Checkpoint { store: self, batch: WriteBatch::default() }
+    }
+}
+
+/// One atomic unit of state change: balances, transaction ids and the next offset together.
+pub struct Checkpoint<'s> {
+    store: &'s PartitionStore,
+    batch: WriteBatch,
+}
+
+impl Checkpoint<'_> {
+    pub fn put_balance(&mut self, account: &str, currency: Currency, balance: Amount) {
+        self.batch.put_cf(self.store.cf(CF_BALANCES), keys::balance(account, currency), codec::encode_balance(balance));
+    }
+
+    /// Remembers a transaction, indexed by event time for the dedupe window. Re-putting a record
+    /// (e.g. marking it reversed) rewrites the same index key: event time never changes.
+    pub fn put_transaction(&mut self, account: &str, transaction_id: &str, record: &TransactionRecord) {
+        self.batch.put_cf(
+            self.store.cf(CF_TRANSACTIONS),
+            keys::transaction(account, transaction_id),
+            codec::encode_transaction(record),
+        );
+        self.batch.put_cf(
+            self.store.cf(CF_TXN_EXPIRY),
+            keys::expiry(record.event_time_micros, account, transaction_id),
+            [],
+        );
+    }
+
+    /// Forgets up to `limit` transactions whose event time is before `cutoff_micros`; returns how many.
+    pub fn forget_transactions_before(&mut self, cutoff_micros: i64, limit: usize) -> Result<usize, StoreError> {
+        let store = self.store;
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(keys::expiry_bound(cutoff_micros));
+        let mut forgotten = 0;
+        for item in store.db.iterator_cf_opt(store.cf(CF_TXN_EXPIRY), read, IteratorMode::Start).take(limit) {
+            let (key, _) = item?;
+            if let Some(txn_key) = keys::transaction_key_of_expiry(&key) {
+                self.batch.delete_cf(store.cf(CF_TRANSACTIONS), txn_key);
+            }
+            self.batch.delete_cf(store.cf(CF_TXN_EXPIRY), &key);
+            forgotten += 1;
+        }
+        Ok(forgotten)
+    }
+
+    /// Writes everything plus the next offset and watermark in one batch, WAL synced before return.
+    pub fn commit(mut self, next_offset: i64, watermark_micros: i64) -> Result<(), StoreError> {
+        let meta = self.store.cf(CF_META);
+        self.batch.put_cf(meta, MetaKey::NextOffset.name(), codec::encode_i64(next_offset));
+        self.batch.put_cf(meta, MetaKey::Watermark.name(), codec::encode_i64(watermark_micros));
+        self.store.db.write_opt(self.batch, &synced())?;
+        Ok(())
+    }
+}
+
+/// Checkpoints are durable when acknowledged: the group commit and the dead-letter contract rely on it.
+fn synced() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// Lists `(account, currency, balance)` in key order; used by tests and tools.
+pub fn all_balances(store: &PartitionStore) -> Result<Vec<(String, Currency, Amount)>, StoreError> {
+    let mut out = Vec::new();
+    for item in store.db.iterator_cf(store.cf(CF_BALANCES), IteratorMode::From(&[], Direction::Forward)) {
+        let (key, value) = item?;
+        if let Some((account, currency)) = keys::split_balance(&key) {
+            out.push((account.to_owned(), currency, codec::decode_balance(&value)?));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+    use crate::ledger::EventKind;
+
+    fn env(dir: &Path) -> StoreEnv {
+        StoreEnv::new(&StateConfig {
+            dir: dir.to_owned(),
+            block_cache_size: ByteSize(8 << 20),
+            write_buffer_size: ByteSize(4 << 20),
+        })
+        .unwrap()
+    }
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    fn record(micros: i64) -> TransactionRecord {
+        TransactionRecord {
+            kind: EventKind::Deposit,
+            delta: Amount::parse("1.00").unwrap(),
+            currency: usd(),
+            event_time_micros: micros,
+            reverses: None,
+            reversed: false,
+        }
+    }
+
+    #[test]
+    fn checkpoint_is_durable_and_reopens_at_the_next_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        {
+            let (store, aside) = env.open_partition("transactions", 3).unwrap();
+            assert!(aside.is_none());
+            assert_eq!(store.stored_next_offset(), None);
+            let mut cp = store.begin();
+            cp.put_balance("a", usd(), Amount::parse("3701.00").unwrap());
+            cp.put_transaction("a", "t1", &record(10));
+            cp.commit(42, 10).unwrap();
+        }
+        let (store, _) = env.open_partition("transactions", 3).unwrap();
+        assert_eq!(store.stored_next_offset(), Some(42));
+        assert_eq!(store.stored_watermark_micros(), 10);
+        assert_eq!(store.balance("a", usd()).unwrap().unwrap().to_string(), "3701.00");
+        assert_eq!(store.account_balances("a").unwrap(), vec![(usd(), Amount::parse("3701.00").unwrap())]);
+        assert!(store.account_balances("ab").unwrap().is_empty());
+        assert_eq!(store.transaction("a", "t1").unwrap(), Some(record(10)));
+    }
+
+    #[test]
+    fn state_of_another_partition_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        {
+            let (store, _) = env.open_partition("transactions", 1).unwrap();
+            store.begin().commit(7, 0).unwrap();
+        }
+        // Someone copied partition 1's directory to partition 2's place.
+        std::fs::rename(env.partition_dir("transactions", 1), env.partition_dir("transactions", 2)).unwrap();
+        let (store, aside) = env.open_partition("transactions", 2).unwrap();
+        let aside = aside.expect("mismatched state is set aside");
+        assert!(aside.reason.contains("transactions/1"), "{}", aside.reason);
+        assert!(aside.moved_to.exists());
+        assert_eq!(store.stored_next_offset(), None);
+    }
+
+    #[test]
+    fn state_still_open_is_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        store.begin().commit(5, 0).unwrap();
+        assert!(env.open_partition("transactions", 0).is_err(), "a locked database is an error to retry");
+        drop(store);
+        let (store, aside) = env.open_partition("transactions", 0).unwrap();
+        assert!(aside.is_none());
+        assert_eq!(store.stored_next_offset(), Some(5));
+    }
+
+    #[test]
+    fn unreadable_state_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let path = env.partition_dir("transactions", 0);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("CURRENT"), b"garbage\n").unwrap();
+        let (store, aside) = env.open_partition("transactions", 0).unwrap();
+        assert!(aside.is_some());
+        assert_eq!(store.stored_next_offset(), None);
+    }
+
+    #[test]
+    fn old_transactions_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let mut cp = store.begin();
+        for (i, micros) in [-100i64, 5, 10, 20].iter().enumerate() {
+            cp.put_transaction("a", &format!("t{i}"), &record(*micros));
+        }
+        cp.commit(4, 20).unwrap();
+        let mut cp = store.begin();
+        assert_eq!(cp.forget_transactions_before(10, 100).unwrap(), 2);
+        cp.commit(4, 20).unwrap();
+        assert!(store.transaction("a", "t0").unwrap().is_none());
+        assert!(store.transaction("a", "t1").unwrap().is_none());
+        assert!(store.transaction("a", "t2").unwrap().is_some());
+        assert!(store.transaction("a", "t3").unwrap().is_some());
+    }
+}
