@@ -7,4 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 source scripts/system-packages.sh
 install_system_packages
-exec cargo run --quiet --bin ledgerd -- demo "$@"
+# Build the way scripts/test.sh does (all targets): the same feature set shares one RocksDB build,
+# where a plain `cargo build` would compile RocksDB's C++ a second time.
+cargo build --all-targets --quiet
+exec target/debug/ledgerd demo "$@"

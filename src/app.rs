@@ -114,7 +114,7 @@ async fn consume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let context = KafkaContext { metrics: metrics.clone() };
-    let admin = TopicAdmin::new(&config.kafka, context.clone()).context("invalid Kafka client settings")?;
+    let admin = Arc::new(TopicAdmin::new(&config.kafka, context.clone()).context("invalid Kafka client settings")?);
     let Some(layout) = setup_topics(&admin, &metrics, &shutdown).await else { return Ok(()) };
     drop(admin);
     let dead_letters = DeadLetterProducer::new(&config.kafka, layout.dlq_partitions, context)
@@ -144,10 +144,14 @@ async fn consume(
 }
 
 /// Retries topic setup with backoff until it succeeds; `None` if shutdown came first.
-async fn setup_topics(admin: &TopicAdmin, metrics: &Metrics, shutdown: &CancellationToken) -> Option<TopicLayout> {
+async fn setup_topics(admin: &Arc<TopicAdmin>, metrics: &Metrics, shutdown: &CancellationToken) -> Option<TopicLayout> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match admin.ensure().await {
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            attempt = admin.ensure() => attempt,
+        };
+        match attempt {
             Ok(layout) => {
                 tracing::info!(input_partitions = layout.input_partitions, "topics ready");
                 return Some(layout);

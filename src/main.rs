@@ -71,7 +71,11 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work) {
+    let result = runtime.block_on(work);
+    // Everything that matters (checkpoints, commits, flushes) finished inside `work`. Do not wait
+    // for abandoned blocking calls, e.g. a metadata request to an unreachable broker.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ledgerd: {e:#}");

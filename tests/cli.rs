@@ -67,3 +67,53 @@ fn demo_runs_without_any_broker() {
     assert!(stdout.contains("120 USD"), "{stdout}");
     assert!(stdout.contains("all exact"), "{stdout}");
 }
+
+#[test]
+fn stays_up_while_the_broker_is_unreachable_and_stops_cleanly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ledgerd()
+        .arg("run")
+        // Nothing listens on port 1: every metadata request fails.
+        .env("LEDGERD_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("LEDGERD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("LEDGERD_STATE__DIR", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // (status, body) of a GET, or None while the server is not up.
+    let get = |path: &str| -> Option<(String, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.to_owned();
+        Some((status, text))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Alive but not ready, and the failed topic set-up is counted.
+    loop {
+        let metrics = get("/metrics").map(|(_, body)| body);
+        if metrics.is_some_and(|m| !m.contains(r#"ledgerd_errors_total{kind="topic_setup"} 0"#)) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "ledgerd exited while the broker was down");
+        assert!(std::time::Instant::now() < deadline, "no topic set-up error was counted");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(get("/livez").map(|r| r.0).as_deref(), Some("200"));
+    assert_eq!(get("/readyz").map(|r| r.0).as_deref(), Some("503"));
+
+    let asked = std::time::Instant::now();
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        // Well inside the default shutdown.timeout (20s): the pending metadata request is abandoned.
+        assert!(asked.elapsed() < std::time::Duration::from_secs(10), "SIGTERM did not stop ledgerd");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -6,6 +6,7 @@ use crate::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +24,8 @@ pub enum TopicError {
     InputMissing(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("metadata lookup failed: {0}")]
+    MetadataTask(String),
     #[error("creating topic {topic:?}: {code}")]
     Create { topic: String, code: RDKafkaErrorCode },
 }
@@ -69,7 +72,7 @@ impl TopicAdmin {
     }
 
     /// Checks the input and makes sure the dead-letter topic exists.
-    pub async fn ensure(&self) -> Result<TopicLayout, TopicError> {
+    pub async fn ensure(self: &Arc<Self>) -> Result<TopicLayout, TopicError> {
         let input = self.config.input_topic.clone();
         let input_partitions = self.blocking_count(&input).await?.ok_or(TopicError::InputMissing(input))?;
         let dlq = self.config.dlq_topic.clone();
@@ -89,8 +92,13 @@ impl TopicAdmin {
         Ok(TopicLayout { input_partitions, dlq_partitions })
     }
 
-    async fn blocking_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
-        // fetch_metadata blocks: keep it off the async workers.
-        tokio::task::block_in_place(|| self.partition_count(topic))
+    async fn blocking_count(self: &Arc<Self>, topic: &str) -> Result<Option<i32>, TopicError> {
+        // fetch_metadata blocks for up to METADATA_TIMEOUT: run it off the async workers, so the
+        // caller can abandon it (e.g. on shutdown) without waiting.
+        let (admin, topic) = (Arc::clone(self), topic.to_owned());
+        match tokio::task::spawn_blocking(move || admin.partition_count(&topic)).await {
+            Ok(count) => Ok(count?),
+            Err(e) => Err(TopicError::MetadataTask(e.to_string())),
+        }
     }
 }
