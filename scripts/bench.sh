@@ -6,6 +6,8 @@
 #      checkpointed, CPU seconds (user+sys) per million events, peak RSS;
 #   4. every balance is verified against the generator's expectation (a fast wrong answer fails).
 # Usage: scripts/bench.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
+# LEDGERD_BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
+# instead of the release build; the default is release.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,8 +32,14 @@ json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.arg
 
 source scripts/system-packages.sh
 install_system_packages >/dev/null
-cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
-BIN=target/release
+PROFILE="${LEDGERD_BENCH_PROFILE:-release}"
+if [[ "$PROFILE" == release ]]; then
+    cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
+    BIN=target/release
+else
+    cargo build --all-targets --quiet
+    BIN=target/debug
+fi
 
 if [[ -z "${LEDGERD_TEST_BROKERS:-}" ]]; then
     scripts/broker.sh install
@@ -81,7 +89,7 @@ LEDGERD_PID=""
 echo "bare consumer drain (2/2) ..."
 "$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"
 
-python3 - "$WORK" "$utime" "$stime" "$TICKS" "$PEAK_RSS_KB" <<'PY'
+python3 - "$WORK" "$utime" "$stime" "$TICKS" "$PEAK_RSS_KB" "$PROFILE" <<'PY'
 import json, sys
 work, utime, stime, ticks, rss_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 load = lambda name: json.load(open(f"{work}/{name}.json"))
@@ -90,6 +98,7 @@ bare = (d1["records_per_second"] + d2["records_per_second"]) / 2
 cpu = (utime + stime) / ticks
 events = produce["produced"]
 print()
+print(f"build profile: {sys.argv[6]}")
 print(f"records: {events} ({produce['applied']} applied, {produce['duplicates']} duplicates, "
       f"{produce['dead_letters']} dead letters) over {produce['accounts']} accounts; "
       f"produced in {produce['seconds']:.1f}s")

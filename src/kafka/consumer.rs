@@ -146,7 +146,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
         tracing::debug!(partition = message.partition(), offset = message.offset(), reason = %rejection.reason, "dead-lettering record");
         entry.in_flight.push(shared.dead_letters.send(message, &rejection));
     }
-    entry.state.checkpoint_due(Instant::now(), Duration::MAX, max_records)
+    entry.state.reached_max_records(max_records)
 }
 
 fn content_type<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {

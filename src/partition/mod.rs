@@ -124,12 +124,12 @@ impl PartitionState {
     /// Whether the checkpoint policy asks for a checkpoint now.
     pub fn checkpoint_due(&self, now: Instant, interval: Duration, max_records: u64) -> bool {
         self.is_dirty()
-            && (self.records_since_checkpoint >= max_records || now.duration_since(self.last_checkpoint) >= interval)
+            && (self.reached_max_records(max_records) || now.duration_since(self.last_checkpoint) >= interval)
     }
 
-    /// When the next interval-driven checkpoint falls due, if there is work pending.
-    pub fn due_at(&self, interval: Duration) -> Option<Instant> {
-        self.is_dirty().then(|| self.last_checkpoint + interval)
+    /// Whether enough records were consumed since the last checkpoint to force one.
+    pub fn reached_max_records(&self, max_records: u64) -> bool {
+        self.records_since_checkpoint >= max_records
     }
 
     /// Records how long a whole checkpoint took (dead-letter confirmation included).
