@@ -6,8 +6,8 @@
 #      checkpointed, CPU seconds (user+sys) per million events, peak RSS;
 #   4. every balance is verified against the generator's expectation (a fast wrong answer fails).
 # Usage: scripts/bench.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
-# LEDGERD_BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
-# instead of the release build; the default is release.
+# BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
+# instead of the release build; the default is release. BENCH_KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,7 +21,7 @@ STARTED_BROKER=""
 cleanup() {
     if [[ -n "$LEDGERD_PID" ]]; then kill -9 "$LEDGERD_PID" 2>/dev/null || true; fi
     if [[ -n "$STARTED_BROKER" ]]; then scripts/broker.sh stop "$WORK/broker" >/dev/null 2>&1 || true; fi
-    rm -rf "$WORK"
+    if [[ -z "${BENCH_KEEP:-}" ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
 }
 trap cleanup EXIT
 
@@ -32,7 +32,7 @@ json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.arg
 
 source scripts/system-packages.sh
 install_system_packages >/dev/null
-PROFILE="${LEDGERD_BENCH_PROFILE:-release}"
+PROFILE="${BENCH_PROFILE:-release}"
 if [[ "$PROFILE" == release ]]; then
     cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
     BIN=target/release
@@ -76,7 +76,10 @@ TOML
 echo "ledgerd catch-up ..."
 "$BIN/ledgerd" run --config "$WORK/ledgerd.toml" 2>"$WORK/ledgerd.log" &
 LEDGERD_PID=$!
-"$BIN/ledgerd-bench" watch --url "http://127.0.0.1:$HTTP_PORT" --total "$TOTAL" >"$WORK/watch.json"
+if ! "$BIN/ledgerd-bench" watch --url "http://127.0.0.1:$HTTP_PORT" --total "$TOTAL" --pid "$LEDGERD_PID" >"$WORK/watch.json"; then
+    tail -20 "$WORK/ledgerd.log" >&2
+    exit 1
+fi
 # CPU of the whole process life so far (start-up and group join included), peak RSS.
 read -r utime stime < <(awk '{print $14, $15}' "/proc/$LEDGERD_PID/stat")
 TICKS="$(getconf CLK_TCK)"

@@ -70,6 +70,9 @@ enum Command {
         total: i64,
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// ledgerd's process id: stop waiting if it exits.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     Verify {
         #[arg(long)]
@@ -86,7 +89,7 @@ fn main() -> anyhow::Result<()> {
             produce(&target, seed, &shape, &expected)
         }
         Command::Drain { target } => drain(&target),
-        Command::Watch { url, total, timeout_secs } => watch(&url, total, Duration::from_secs(timeout_secs)),
+        Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
     }
 }
@@ -203,11 +206,14 @@ fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
 
 /// Polls /metrics: the catch-up window runs from the first record processed to every record
 /// checkpointed (applied, skipped or dead-lettered, and durable).
-fn watch(url: &str, total: i64, timeout: Duration) -> anyhow::Result<()> {
+fn watch(url: &str, total: i64, timeout: Duration, pid: Option<u32>) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut first: Option<Instant> = None;
     loop {
         anyhow::ensure!(Instant::now() < deadline, "ledgerd did not catch up within {timeout:?}");
+        if let Some(pid) = pid {
+            anyhow::ensure!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "ledgerd (pid {pid}) exited");
+        }
         if let Ok((200, text)) = http_get(&format!("{url}/metrics")) {
             let processed = metric_sum(&text, "ledgerd_events_total{", "");
             if processed > 0.0 && first.is_none() {
