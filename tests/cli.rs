@@ -1,5 +1,8 @@
 //! The binary's command line: help, version, config errors that name the key, check-config, demo.
 
+mod common;
+
+use common::http_get;
 use std::process::Command;
 
 fn ledgerd() -> Command {
@@ -81,16 +84,7 @@ fn stays_up_while_the_broker_is_unreachable_and_stops_cleanly() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // (status, body) of a GET, or None while the server is not up.
-    let get = |path: &str| -> Option<(String, String)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.to_owned();
-        Some((status, text))
-    };
+    let get = |path: &str| http_get(&format!("http://127.0.0.1:{port}{path}"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     // Alive but not ready, and the failed topic set-up is counted.
     loop {
@@ -102,8 +96,8 @@ fn stays_up_while_the_broker_is_unreachable_and_stops_cleanly() {
         assert!(std::time::Instant::now() < deadline, "no topic set-up error was counted");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(get("/livez").map(|r| r.0).as_deref(), Some("200"));
-    assert_eq!(get("/readyz").map(|r| r.0).as_deref(), Some("503"));
+    assert_eq!(get("/livez").map(|r| r.0), Some(200));
+    assert_eq!(get("/readyz").map(|r| r.0), Some(503));
 
     let asked = std::time::Instant::now();
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
