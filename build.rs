@@ -1,7 +1,7 @@
 //! Compiles `proto/` with protox (pure Rust), so building needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ledgerd/v1/events.proto", "proto/ledgerd/v1/state.proto"];
+    let files = ["proto/ledgerd/v1/events.proto", "proto/ledgerd/v1/state.proto", "proto/ledgerd/v1/snapshot.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -15,40 +15,8 @@ EVENTS="${1:-1000000}"
 ACCOUNTS="${2:-10000}"
 PARTITIONS=6
 WORK="$(mktemp -d -t ledgerd-bench.XXXXXX)"
-LEDGERD_PID=""
-STARTED_BROKER=""
-
-cleanup() {
-    if [[ -n "$LEDGERD_PID" ]]; then kill -9 "$LEDGERD_PID" 2>/dev/null || true; fi
-    if [[ -n "$STARTED_BROKER" ]]; then scripts/broker.sh stop "$WORK/broker" >/dev/null 2>&1 || true; fi
-    if [[ -z "${BENCH_KEEP:-}" ]]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
-
-source scripts/system-packages.sh
-install_system_packages >/dev/null
-PROFILE="${BENCH_PROFILE:-release}"
-if [[ "$PROFILE" == release ]]; then
-    cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
-    BIN=target/release
-else
-    cargo build --all-targets --quiet
-    BIN=target/debug
-fi
-
-if [[ -z "${LEDGERD_TEST_BROKERS:-}" ]]; then
-    scripts/broker.sh install
-    port="$(free_port)"
-    scripts/broker.sh start "$port" "$WORK/broker" >/dev/null
-    STARTED_BROKER=1
-    LEDGERD_TEST_BROKERS="127.0.0.1:$port"
-fi
-BROKERS="$LEDGERD_TEST_BROKERS"
+PIDS=()
+source scripts/bench-common.sh
 TOPIC="bench-$(date +%s)-$$"
 
 echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
@@ -66,6 +34,8 @@ bootstrap_servers = "$BROKERS"
 group_id = "bench-$TOPIC"
 input_topic = "$TOPIC"
 dlq_topic = "$TOPIC-dlq"
+[snapshot]
+topic = "$TOPIC-snapshots"
 [state]
 dir = "$WORK/state"
 [http]
@@ -76,6 +46,7 @@ TOML
 echo "ledgerd catch-up ..."
 "$BIN/ledgerd" run --config "$WORK/ledgerd.toml" 2>"$WORK/ledgerd.log" &
 LEDGERD_PID=$!
+PIDS+=("$LEDGERD_PID")
 if ! "$BIN/ledgerd-bench" watch --url "http://127.0.0.1:$HTTP_PORT" --total "$TOTAL" --pid "$LEDGERD_PID" >"$WORK/watch.json"; then
     tail -20 "$WORK/ledgerd.log" >&2
     exit 1
@@ -87,7 +58,6 @@ PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
 "$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
 kill -TERM "$LEDGERD_PID"
 wait "$LEDGERD_PID"
-LEDGERD_PID=""
 
 echo "bare consumer drain (2/2) ..."
 "$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"

@@ -8,6 +8,7 @@ use crate::kafka::topics::{TopicAdmin, TopicLayout};
 use crate::kafka::KafkaContext;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::PartitionRegistry;
+use crate::snapshot::writer::SnapshotWriter;
 use crate::store::StoreEnv;
 use anyhow::{anyhow, Context};
 use std::future::IntoFuture;
@@ -114,11 +115,15 @@ async fn consume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let context = KafkaContext { metrics: metrics.clone() };
-    let admin = Arc::new(TopicAdmin::new(&config.kafka, context.clone()).context("invalid Kafka client settings")?);
-    let Some(layout) = setup_topics(&admin, &metrics, &shutdown).await else { return Ok(()) };
+    let admin = Arc::new(TopicAdmin::new(&config, context.clone()).context("invalid Kafka client settings")?);
+    let Some(layout) = setup_topics(&admin, &metrics, &shutdown).await? else { return Ok(()) };
     drop(admin);
-    let dead_letters = DeadLetterProducer::new(&config.kafka, layout.dlq_partitions, context)
+    let dead_letters = DeadLetterProducer::new(&config.kafka, layout.dlq_partitions, context.clone())
         .context("cannot create the dead-letter producer")?;
+    let writer = SnapshotWriter::new(Arc::clone(&config), Arc::clone(&registry), context)
+        .context("cannot create the snapshot producer")?;
+    let writer_stop = shutdown.clone();
+    let writer = std::thread::Builder::new().name("ledgerd-snapshots".into()).spawn(move || writer.run(writer_stop))?;
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let parts =
@@ -132,10 +137,15 @@ async fn consume(
         tokio::time::sleep(config.shutdown.timeout).await;
     };
     tokio::select! {
-        done = done_rx => match done {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => Err(anyhow!("the consumer thread panicked")),
-        },
+        done = done_rx => {
+            // The consumer has released every partition, so no round is running; the writer
+            // notices the cancelled token within its tick.
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+            match done {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(anyhow!("the consumer thread panicked")),
+            }
+        }
         () = deadline => Err(anyhow!(
             "shutdown did not finish within shutdown.timeout ({:?}); state is safe at its last checkpoint",
             config.shutdown.timeout
@@ -143,23 +153,35 @@ async fn consume(
     }
 }
 
-/// Retries topic setup with backoff until it succeeds; `None` if shutdown came first.
-async fn setup_topics(admin: &Arc<TopicAdmin>, metrics: &Metrics, shutdown: &CancellationToken) -> Option<TopicLayout> {
+/// Retries topic setup with backoff until it succeeds; `None` if shutdown came first; an error
+/// for a misconfiguration that retrying cannot fix.
+async fn setup_topics(
+    admin: &Arc<TopicAdmin>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<TopicLayout>> {
     let mut backoff = Duration::from_millis(500);
     loop {
         let attempt = tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return Ok(None),
             attempt = admin.ensure() => attempt,
         };
         match attempt {
             Ok(layout) => {
+                if let Some(why) = &layout.unverified {
+                    metrics.handled_error(
+                        ErrorKind::TopicSetup,
+                        &format_args!("cannot check the snapshot topic's cleanup.policy (continuing): {why}"),
+                    );
+                }
                 tracing::info!(input_partitions = layout.input_partitions, "topics ready");
-                return Some(layout);
+                return Ok(Some(layout));
             }
+            Err(e) if e.is_fatal() => return Err(anyhow!(e)),
             Err(e) => metrics.handled_error(ErrorKind::TopicSetup, &format_args!("{e}; retrying in {backoff:?}")),
         }
         tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return Ok(None),
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));

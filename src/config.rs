@@ -37,6 +37,7 @@ pub struct Config {
     pub state: StateConfig,
     pub checkpoint: CheckpointConfig,
     pub dedupe: DedupeConfig,
+    pub snapshot: SnapshotConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -96,6 +97,10 @@ pub struct StateConfig {
     pub block_cache_size: ByteSize,
     /// Memtable budget shared by all partitions' databases (charged to the block cache).
     pub write_buffer_size: ByteSize,
+    /// State of a partition that moved to another instance is deleted this long after it left (it
+    /// is reused as is if the partition comes back before then).
+    #[serde(with = "humantime_serde")]
+    pub release_grace: Duration,
 }
 
 impl Default for StateConfig {
@@ -104,6 +109,7 @@ impl Default for StateConfig {
             dir: PathBuf::from("state"),
             block_cache_size: ByteSize(256 << 20),
             write_buffer_size: ByteSize(64 << 20),
+            release_grace: Duration::from_secs(600),
         }
     }
 }
@@ -139,6 +145,30 @@ pub struct DedupeConfig {
 impl Default for DedupeConfig {
     fn default() -> Self {
         DedupeConfig { window: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+/// `[snapshot]`: periodic balance snapshots to a log-compacted topic, and restores from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Log-compacted topic of balance snapshots, with the input's partition count; created when missing.
+    pub topic: String,
+    /// Each owned partition writes the accounts changed since its last round this often.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Largest snapshot record written; an account with more remembered transactions keeps the
+    /// newest that fit. Keep it below the topic's `max.message.bytes`.
+    pub max_record_size: ByteSize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            topic: "balance-snapshots".into(),
+            interval: Duration::from_secs(60),
+            max_record_size: ByteSize(900_000),
+        }
     }
 }
 
@@ -330,6 +360,19 @@ impl Config {
         }
         if k.dlq_topic == k.input_topic {
             return Err(invalid("kafka.dlq_topic", "must differ from kafka.input_topic"));
+        }
+        let topic = &self.snapshot.topic;
+        if topic.trim().is_empty() {
+            return Err(invalid("snapshot.topic", "is empty"));
+        }
+        if topic == &k.input_topic || topic == &k.dlq_topic {
+            return Err(invalid("snapshot.topic", "must differ from kafka.input_topic and kafka.dlq_topic"));
+        }
+        if self.snapshot.interval < Duration::from_secs(1) {
+            return Err(invalid("snapshot.interval", "must be at least 1s (default \"60s\")"));
+        }
+        if self.snapshot.max_record_size.0 < 4096 {
+            return Err(invalid("snapshot.max_record_size", "must be at least 4096 bytes (default 900000)"));
         }
         if k.replication_factor == 0 || k.replication_factor < -1 {
             return Err(invalid("kafka.replication_factor", "must be -1 (broker default) or >= 1"));

@@ -99,7 +99,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let mut config = Config::default();
     config.kafka.bootstrap_servers = mock.bootstrap_servers();
     config.kafka.group_id = "ledgerd-demo".into();
-    for topic in [&config.kafka.input_topic, &config.kafka.dlq_topic] {
+    // The mock cluster cannot create topics through the admin API: create all three here.
+    for topic in [&config.kafka.input_topic, &config.kafka.dlq_topic, &config.snapshot.topic] {
         mock.create_topic(topic, PARTITIONS, 1).with_context(|| format!("cannot create topic {topic}"))?;
     }
     let temp = tempfile_dir()?;

@@ -7,6 +7,7 @@
 //! - [`kafka`]: topic setup, the consumer-group thread and its rebalance bridge, the dead-letter producer.
 //! - [`partition`]: one owned partition — apply records, build atomic checkpoints.
 //! - [`store`]: per-partition RocksDB state; the only module that imports `rocksdb`.
+//! - [`snapshot`]: balance snapshots on a log-compacted topic, and exact restores from them.
 //! - [`registry`]: which partitions this instance owns, shared with the API.
 //! - [`api`]: HTTP balances, metrics, liveness and readiness.
 //! - [`metrics`]: every Prometheus metric, and the one place handled errors are logged and counted.
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod partition;
 pub mod registry;
+pub mod snapshot;
 pub mod store;
 
 /// Code generated from `proto/ledgerd/v1/*.proto`.

@@ -32,6 +32,7 @@ pub struct Workload {
     pub applied: usize,
 }
 
+#[derive(Debug, Clone)]
 pub struct Shape {
     pub events: usize,
     pub accounts: usize,
@@ -39,6 +40,9 @@ pub struct Shape {
     pub malformed_rate: f64,
     pub conflict_rate: f64,
     pub reversal_rate: f64,
+    /// Event time between consecutive events. Over the dedupe window (7 days by default) this
+    /// decides how many transaction ids a snapshot carries.
+    pub seconds_per_event: u32,
 }
 
 impl Default for Shape {
@@ -50,6 +54,7 @@ impl Default for Shape {
             malformed_rate: 0.002,
             conflict_rate: 0.001,
             reversal_rate: 0.005,
+            seconds_per_event: 1,
         }
     }
 }
@@ -80,16 +85,13 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
     let (mut dead_letters, mut duplicates, mut applied) = (0, 0, 0);
     let accounts: Vec<String> = (0..shape.accounts).map(|i| format!("acct-{i:05}-{:x}", seed % 4096)).collect();
 
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 6, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).expect("valid date");
     for i in 0..shape.events {
         let a = rng.random_range(0..accounts.len());
         let account = &accounts[a];
-        let ts = format!(
-            "2024-06-01T{:02}:{:02}:{:02}{}",
-            (i / 3600) % 24,
-            (i / 60) % 60,
-            i % 60,
-            if i % 2 == 0 { "Z" } else { "" }
-        );
+        let at = start + chrono::Duration::seconds(i as i64 * i64::from(shape.seconds_per_event));
+        // Alternate explicit UTC and zone-less timestamps (both mean UTC).
+        let ts = at.format(if i % 2 == 0 { "%Y-%m-%dT%H:%M:%SZ" } else { "%Y-%m-%dT%H:%M:%S" }).to_string();
         let roll: f64 = rng.random();
         let past = history.entry(a).or_default();
 

@@ -34,10 +34,16 @@ pub enum ErrorKind {
     GroupCommit,
     /// A rebalance callback reported an error.
     Rebalance,
+    /// Writing a snapshot round failed; the round is retried at the next interval.
+    SnapshotWrite,
+    /// Restoring a partition from the snapshot topic failed; retried with backoff.
+    Restore,
+    /// Deleting the state of a partition that moved away failed; retried later.
+    StateCleanup,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::KafkaClient,
         ErrorKind::ConsumerPoll,
         ErrorKind::TopicSetup,
@@ -48,6 +54,9 @@ impl ErrorKind {
         ErrorKind::StateSetAside,
         ErrorKind::GroupCommit,
         ErrorKind::Rebalance,
+        ErrorKind::SnapshotWrite,
+        ErrorKind::Restore,
+        ErrorKind::StateCleanup,
     ];
 
     pub fn code(self) -> &'static str {
@@ -62,12 +71,15 @@ impl ErrorKind {
             ErrorKind::StateSetAside => "state_set_aside",
             ErrorKind::GroupCommit => "group_commit",
             ErrorKind::Rebalance => "rebalance",
+            ErrorKind::SnapshotWrite => "snapshot_write",
+            ErrorKind::Restore => "restore",
+            ErrorKind::StateCleanup => "state_cleanup",
         }
     }
 
     /// Whether an operator must act or data is at risk (logged at ERROR rather than WARN).
     fn is_severe(self) -> bool {
-        matches!(self, ErrorKind::CheckpointWrite | ErrorKind::StateOpen | ErrorKind::StateRead)
+        matches!(self, ErrorKind::CheckpointWrite | ErrorKind::StateOpen | ErrorKind::StateRead | ErrorKind::Restore)
     }
 }
 
@@ -75,6 +87,8 @@ impl ErrorKind {
 pub mod outcome {
     pub const APPLIED: &str = "applied";
     pub const DUPLICATE: &str = "duplicate";
+    /// Skipped after a restore: already reflected in the snapshot the partition was restored from.
+    pub const IN_SNAPSHOT: &str = "in_snapshot";
     pub const DEAD_LETTERED: &str = "dead_lettered";
 }
 
@@ -91,6 +105,15 @@ pub struct Metrics {
     rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub http_requests: IntCounterVec,
+    snapshot_records: IntCounterVec,
+    snapshot_rounds: IntCounterVec,
+    snapshot_age: prometheus::GaugeVec,
+    snapshot_offset: IntGaugeVec,
+    snapshot_truncated: IntCounter,
+    restore_records: IntCounterVec,
+    restore_duration: prometheus::GaugeVec,
+    restore_remaining: IntGaugeVec,
+    pub restoring_partitions: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -184,6 +207,93 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let snapshot_records = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("ledgerd_snapshot_records_total", "Account records written to the snapshot topic."),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        );
+        let snapshot_rounds = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ledgerd_snapshot_rounds_total",
+                    "Snapshot rounds by result (complete: marker acknowledged; failed; abandoned: partition moved).",
+                ),
+                &["partition", "result"],
+            )
+            .expect("valid metric"),
+        );
+        let snapshot_age = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "ledgerd_snapshot_age_seconds",
+                    "Seconds since the partition's last complete snapshot round (or since it was assigned).",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        );
+        let snapshot_offset = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ledgerd_snapshot_offset",
+                    "Input offset the partition's last complete snapshot round is valid through: a restore replays from here.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        );
+        let snapshot_truncated = register(
+            &registry,
+            IntCounter::new(
+                "ledgerd_snapshot_transactions_truncated_total",
+                "Snapshot records that could not hold all of an account's remembered transaction ids.",
+            )
+            .expect("valid metric"),
+        );
+        let restore_records = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("ledgerd_restore_records_total", "Snapshot records read while restoring partitions."),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        );
+        let restore_duration = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "ledgerd_restore_duration_seconds",
+                    "Duration of the partition's last restore from the snapshot topic.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        );
+        let restore_remaining = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ledgerd_restore_remaining_records",
+                    "Snapshot records (offsets) still to read by a restore in progress.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        );
+        let restoring_partitions = register(
+            &registry,
+            IntGauge::new(
+                "ledgerd_restoring_partitions",
+                "Assigned partitions still being prepared (state opened, checked, or restored).",
+            )
+            .expect("valid metric"),
+        );
         let build_info = register(
             &registry,
             IntGaugeVec::new(
@@ -214,6 +324,39 @@ impl Metrics {
             rebalances,
             assigned_partitions,
             http_requests,
+            snapshot_records,
+            snapshot_rounds,
+            snapshot_age,
+            snapshot_offset,
+            snapshot_truncated,
+            restore_records,
+            restore_duration,
+            restore_remaining,
+            restoring_partitions,
+        }
+    }
+
+    /// Pre-resolved snapshot metric handles for one partition.
+    pub fn snapshot_for_partition(&self, partition: i32) -> SnapshotMetrics {
+        let p = partition.to_string();
+        SnapshotMetrics {
+            records: self.snapshot_records.with_label_values(&[&p]),
+            complete: self.snapshot_rounds.with_label_values(&[&p, "complete"]),
+            failed: self.snapshot_rounds.with_label_values(&[&p, "failed"]),
+            abandoned: self.snapshot_rounds.with_label_values(&[&p, "abandoned"]),
+            age: self.snapshot_age.with_label_values(&[&p]),
+            offset: self.snapshot_offset.with_label_values(&[&p]),
+            truncated: self.snapshot_truncated.clone(),
+        }
+    }
+
+    /// Pre-resolved restore metric handles for one partition.
+    pub fn restore_for_partition(&self, partition: i32) -> RestoreMetrics {
+        let p = partition.to_string();
+        RestoreMetrics {
+            records: self.restore_records.with_label_values(&[&p]),
+            duration: self.restore_duration.with_label_values(&[&p]),
+            remaining: self.restore_remaining.with_label_values(&[&p]),
         }
     }
 
@@ -222,6 +365,7 @@ impl Metrics {
         let p = partition.to_string();
         PartitionMetrics {
             applied: self.events.with_label_values(&[&p, outcome::APPLIED]),
+            in_snapshot: self.events.with_label_values(&[&p, outcome::IN_SNAPSHOT]),
             duplicate: self.events.with_label_values(&[&p, outcome::DUPLICATE]),
             dead_lettered_total: self.events.with_label_values(&[&p, outcome::DEAD_LETTERED]),
             dead_lettered: self.dead_lettered.clone(),
@@ -234,7 +378,11 @@ impl Metrics {
 
     /// Forgets a partition's gauges when it moves away (counters keep their history).
     pub fn remove_partition(&self, partition: i32) {
-        let _ = self.checkpointed_offset.remove_label_values(&[&partition.to_string()]);
+        let p = partition.to_string();
+        let _ = self.checkpointed_offset.remove_label_values(&[&p]);
+        let _ = self.snapshot_age.remove_label_values(&[&p]);
+        let _ = self.snapshot_offset.remove_label_values(&[&p]);
+        let _ = self.restore_remaining.remove_label_values(&[&p]);
     }
 
     /// The checkpointed next offset of an owned partition (0 when not owned).
@@ -274,10 +422,31 @@ impl Default for Metrics {
     }
 }
 
+/// One partition's snapshot-writer metric handles.
+#[derive(Clone)]
+pub struct SnapshotMetrics {
+    pub records: IntCounter,
+    pub complete: IntCounter,
+    pub failed: IntCounter,
+    pub abandoned: IntCounter,
+    pub age: prometheus::Gauge,
+    pub offset: IntGauge,
+    pub truncated: IntCounter,
+}
+
+/// One partition's restore metric handles.
+#[derive(Clone)]
+pub struct RestoreMetrics {
+    pub records: IntCounter,
+    pub duration: prometheus::Gauge,
+    pub remaining: IntGauge,
+}
+
 /// One partition's metric handles.
 #[derive(Clone)]
 pub struct PartitionMetrics {
     pub applied: IntCounter,
+    pub in_snapshot: IntCounter,
     pub duplicate: IntCounter,
     dead_lettered_total: IntCounter,
     dead_lettered: IntCounterVec,

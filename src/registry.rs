@@ -1,32 +1,92 @@
 //! Which partitions this instance owns right now, shared between the consumer thread (which adds
-//! and removes them on rebalance) and the HTTP API (which reads their checkpointed state).
+//! and removes them on rebalance), the snapshot writer (which writes their rounds) and the HTTP API
+//! (which reads their checkpointed state).
 
 use crate::store::PartitionStore;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// An owned partition's state as the other threads see it.
+pub struct PartitionHandle {
+    pub partition: i32,
+    pub store: Arc<PartitionStore>,
+    released: AtomicBool,
+    /// Held by the snapshot writer for the whole of a round, so a release can wait for it.
+    round: Mutex<()>,
+}
+
+impl PartitionHandle {
+    pub fn new(partition: i32, store: Arc<PartitionStore>) -> PartitionHandle {
+        PartitionHandle { partition, store, released: AtomicBool::new(false), round: Mutex::new(()) }
+    }
+
+    /// Marks the partition as leaving and waits, at most `max_wait`, until no snapshot round of it
+    /// is running: a round stops at its next record once it sees the flag, never writes its marker,
+    /// and drops what it has not sent yet. Returns false if the round was still running.
+    pub fn release(&self, max_wait: Duration) -> bool {
+        self.released.store(true, Ordering::Release);
+        let deadline = Instant::now() + max_wait;
+        loop {
+            if self.round.try_lock().is_ok() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Held while writing a snapshot round.
+    pub fn lock_round(&self) -> MutexGuard<'_, ()> {
+        self.round.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 #[derive(Default)]
 pub struct PartitionRegistry {
-    stores: RwLock<BTreeMap<i32, Arc<PartitionStore>>>,
+    owned: RwLock<BTreeMap<i32, Arc<PartitionHandle>>>,
+    /// Assigned partitions whose state is still being opened, checked or restored.
+    preparing: RwLock<BTreeSet<i32>>,
     /// Set once the instance has joined its group and received a first assignment.
     joined: AtomicBool,
     stopping: AtomicBool,
 }
 
 impl PartitionRegistry {
-    pub fn insert(&self, partition: i32, store: Arc<PartitionStore>) {
-        self.stores.write().unwrap_or_else(|e| e.into_inner()).insert(partition, store);
+    pub fn insert(&self, handle: Arc<PartitionHandle>) {
+        self.preparing.write().unwrap_or_else(|e| e.into_inner()).remove(&handle.partition);
+        self.owned.write().unwrap_or_else(|e| e.into_inner()).insert(handle.partition, handle);
     }
 
-    pub fn remove(&self, partition: i32) {
-        self.stores.write().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+    pub fn remove(&self, partition: i32) -> Option<Arc<PartitionHandle>> {
+        self.preparing.write().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+        self.owned.write().unwrap_or_else(|e| e.into_inner()).remove(&partition)
+    }
+
+    pub fn mark_preparing(&self, partition: i32) {
+        self.preparing.write().unwrap_or_else(|e| e.into_inner()).insert(partition);
+    }
+
+    /// The owned partitions, ready ones only.
+    pub fn handles(&self) -> Vec<Arc<PartitionHandle>> {
+        self.owned.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// A snapshot of the owned partitions' stores.
     pub fn stores(&self) -> Vec<(i32, Arc<PartitionStore>)> {
-        let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
-        stores.iter().map(|(p, s)| (*p, Arc::clone(s))).collect()
+        let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
+        owned.iter().map(|(p, h)| (*p, Arc::clone(&h.store))).collect()
+    }
+
+    pub fn preparing(&self) -> Vec<i32> {
+        self.preparing.read().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
     }
 
     pub fn mark_joined(&self) {
@@ -37,8 +97,10 @@ impl PartitionRegistry {
         self.stopping.store(true, Ordering::Release);
     }
 
-    /// Ready to serve: joined the group and not shutting down.
+    /// Ready to serve: joined the group, every assigned partition restored, and not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.joined.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+        self.joined.load(Ordering::Acquire)
+            && !self.stopping.load(Ordering::Acquire)
+            && self.preparing.read().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 }

@@ -3,9 +3,12 @@
 
 mod common;
 
-use common::workload::{self, to_cents, Shape, Workload};
-use common::{balances, brokers, create_topic, produce, read_all, unique, wait_until, Fixture, Instance, Ledgerd};
-use std::collections::{BTreeMap, HashSet};
+use common::workload::{self, Shape};
+use common::{
+    assert_balances_exact, balances, brokers, create_topic, dead_letter_sources, produce, read_all, unique,
+    wait_caught_up, wait_until, Fixture, Instance,
+};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 6;
@@ -22,44 +25,6 @@ fn seed(id: &str, ts: &str, account: &str, kind: &str, amount: &str) -> Fixture 
             r#"{{"transaction_id":"{id}","timestamp":"{ts}","account_id":"{account}","type":"{kind}","amount":{amount},"currency":"USD","merchant":"m","description":"d"}}"#
         ),
     )
-}
-
-/// Waits until the checkpointed offsets reported by `instances` add up to every record produced.
-fn wait_caught_up(instances: &[&Ledgerd], end: &BTreeMap<i32, i64>, timeout: Duration) {
-    let total: i64 = end.values().sum();
-    let started = Instant::now();
-    wait_until(timeout, "ledgerd to checkpoint every record", || {
-        let seen: i64 = instances.iter().map(|i| i.checkpointed_total()).sum();
-        seen >= total
-    });
-    eprintln!("caught up with {total} records in {:.1}s", started.elapsed().as_secs_f64());
-}
-
-/// Every expected balance, as served by `instance` (which must own every partition).
-fn assert_balances_exact(instance: &Ledgerd, work: &Workload) {
-    let mut wrong = Vec::new();
-    for (account, cents) in &work.expected {
-        let got = balances(instance, account).unwrap_or_default();
-        let usd = got.get("USD").map(|s| to_cents(s));
-        if usd != Some(*cents) || got.len() != 1 {
-            wrong.push(format!("{account}: expected {cents} cents, got {got:?}"));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} balances wrong, e.g. {:?}",
-        wrong.len(),
-        work.expected.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-}
-
-/// Dead letters, de-duplicated by their source offset (a crash may re-send an unconfirmed copy).
-fn dead_letter_sources(brokers: &str, dlq: &str) -> HashSet<(String, String)> {
-    read_all(brokers, dlq, PARTITIONS)
-        .into_iter()
-        .map(|r| (r.headers["__ledgerd.errors.partition"].clone(), r.headers["__ledgerd.errors.offset"].clone()))
-        .collect()
 }
 
 async fn topic_with(records: &[Fixture]) -> (String, BTreeMap<i32, i64>) {
@@ -124,7 +89,7 @@ async fn generated_stream_balances_equal_an_independent_sum() {
     ledgerd.wait_ready(READY);
     wait_caught_up(&[&ledgerd], &end, CATCH_UP);
 
-    assert_balances_exact(&ledgerd, &work);
+    assert_balances_exact(&[&ledgerd], &work);
     assert_eq!(ledgerd.metric("ledgerd_events_total", &["outcome=\"applied\""]) as usize, work.applied);
     assert_eq!(ledgerd.metric("ledgerd_events_total", &["outcome=\"duplicate\""]) as usize, work.duplicates);
     let dead = read_all(&brokers(), &settings.dlq, PARTITIONS);
@@ -156,8 +121,8 @@ async fn resumes_after_kill_9_without_losing_or_double_applying() {
     ledgerd.wait_ready(READY_AFTER_KILL);
     wait_caught_up(&[&ledgerd], &end, CATCH_UP);
 
-    assert_balances_exact(&ledgerd, &work);
-    assert_eq!(dead_letter_sources(&brokers(), &settings.dlq).len(), work.dead_letters);
+    assert_balances_exact(&[&ledgerd], &work);
+    assert_eq!(dead_letter_sources(&brokers(), PARTITIONS, &settings.dlq).len(), work.dead_letters);
     assert!(ledgerd.terminate().success());
 }
 
@@ -185,7 +150,7 @@ async fn two_instances_share_partitions_and_hand_over_on_stop() {
         a.metric("ledgerd_assigned_partitions", &[]) == PARTITIONS as f64
     });
     wait_caught_up(&[&a], &end, CATCH_UP);
-    assert_balances_exact(&a, &work);
-    assert_eq!(dead_letter_sources(&brokers(), &first.dlq).len(), work.dead_letters);
+    assert_balances_exact(&[&a], &work);
+    assert_eq!(dead_letter_sources(&brokers(), PARTITIONS, &first.dlq).len(), work.dead_letters);
     assert!(a.terminate().success());
 }

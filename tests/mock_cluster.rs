@@ -30,6 +30,9 @@ async fn json_and_protobuf_events_reach_the_api_and_bad_ones_the_dlq() {
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     mock.create_topic("transactions", PARTITIONS, 1).unwrap();
+    // The mock cluster cannot create topics through the admin API.
+    mock.create_topic("transactions-dlq", PARTITIONS, 1).unwrap();
+    mock.create_topic("balance-snapshots", PARTITIONS, 1).unwrap();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
 
     send(&producer, "transactions", "6ad87cf1", br#"{"transaction_id":"123456789","timestamp":"2024-03-11T12:30:45","account_id":"6ad87cf1","type":"transfer","amount":5000.00,"currency":"USD"}"#, None).await;

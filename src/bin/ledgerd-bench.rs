@@ -53,6 +53,9 @@ enum Command {
         duplicate_rate: f64,
         #[arg(long, default_value_t = 0.001)]
         malformed_rate: f64,
+        /// Event time between consecutive events (decides how many ids fall in the dedupe window).
+        #[arg(long, default_value_t = 1)]
+        seconds_per_event: u32,
         /// Where to write the expected balances (JSON: account -> decimal string).
         #[arg(long)]
         expected: PathBuf,
@@ -84,8 +87,18 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Produce { target, events, accounts, seed, duplicate_rate, malformed_rate, expected } => {
-            let shape = Shape { events, accounts, duplicate_rate, malformed_rate, ..Shape::default() };
+        Command::Produce {
+            target,
+            events,
+            accounts,
+            seed,
+            duplicate_rate,
+            malformed_rate,
+            seconds_per_event,
+            expected,
+        } => {
+            let shape =
+                Shape { events, accounts, duplicate_rate, malformed_rate, seconds_per_event, ..Shape::default() };
             produce(&target, seed, &shape, &expected)
         }
         Command::Drain { target } => drain(&target),

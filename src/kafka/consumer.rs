@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often, at most, the loop scans partitions for interval-driven checkpoints while busy.
 const CHECKPOINT_SCAN_EVERY: Duration = Duration::from_millis(10);
+/// How often the loop looks for released partitions whose state is due for deletion.
+const CLEANUP_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
@@ -48,8 +50,16 @@ pub struct ConsumerParts {
 /// commits, and leaves the group. Blocking: run it on its own thread.
 pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
     let ConsumerParts { config, env, metrics, registry, dead_letters, shutdown } = parts;
-    let shared =
-        Arc::new(Shared::new(Arc::clone(&config), env, metrics.clone(), dead_letters, registry, shutdown.clone()));
+    let (prepared_tx, prepared_rx) = std::sync::mpsc::channel();
+    let shared = Arc::new(Shared::new(
+        Arc::clone(&config),
+        env,
+        metrics.clone(),
+        dead_letters,
+        registry,
+        shutdown.clone(),
+        prepared_tx,
+    ));
     let mut client = client_config(&config.kafka);
     client
         .set("group.id", &config.kafka.group_id)
@@ -72,8 +82,12 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
     let interval = config.checkpoint.interval;
     let max_records = config.checkpoint.max_records;
     let mut next_scan = Instant::now();
+    let mut next_cleanup = Instant::now();
     let mut poll_error_backoff = Duration::ZERO;
     while !shutdown.is_cancelled() {
+        while let Ok(prepared) = prepared_rx.try_recv() {
+            shared.start_consuming(&consumer, prepared);
+        }
         match consumer.poll(MAX_POLL_WAIT) {
             Some(Ok(message)) => {
                 poll_error_backoff = Duration::ZERO;
@@ -93,6 +107,10 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         if now >= next_scan {
             checkpoint_due(&shared, &consumer, now, interval, max_records);
             next_scan = now + CHECKPOINT_SCAN_EVERY;
+        }
+        if now >= next_cleanup {
+            shared.delete_released_state();
+            next_cleanup = now + CLEANUP_SCAN_EVERY;
         }
     }
 
@@ -124,6 +142,14 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
         InputFormat::Auto => content_type(message),
         _ => None,
     };
+    if let Some(key) = message.key() {
+        // Covers records that do not decode too: their dead letters were confirmed by the owner
+        // whose state the snapshot holds.
+        if entry.state.in_snapshot(key, message.offset()) {
+            entry.state.skip_in_snapshot(message.offset());
+            return entry.state.reached_max_records(max_records);
+        }
+    }
     let decoded = input::decode(format, message.key(), message.payload(), content_type);
     let mut backoff = Duration::from_millis(50);
     let disposition = loop {

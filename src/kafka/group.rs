@@ -1,16 +1,22 @@
 //! The bridge between librdkafka's rebalance callbacks and ledgerd's partition states.
 //!
 //! librdkafka runs rebalance callbacks inside `poll()`, on the dedicated consumer thread (never a
-//! tokio worker), so they may block: an assigned partition's state is opened and its start offset
-//! is taken from the store before `incremental_assign`; a revoked partition confirms its dead
-//! letters and checkpoints before `incremental_unassign` releases it.
+//! tokio worker). An assigned partition is first *prepared* on a thread of its own (state opened,
+//! checked, restored from the snapshot if needed: see `prepare`), and only then added to the
+//! consumer's assignment with the start offset its state dictates, so the partitions that did not
+//! move keep processing during a restore. A revoked partition stops its snapshot round, confirms
+//! its dead letters and checkpoints before `incremental_unassign` releases it.
+//!
+//! States of an assigned partition: `Preparing` (in `pending`) → `Consuming` (in `owned`) →
+//! released (in `released`, its local state deleted after `state.release_grace` unless it returns).
 
 use super::dead_letter::{DeadLetterProducer, InFlight};
+use super::prepare::{self, Prepared};
 use super::KafkaContext;
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::partition::PartitionState;
-use crate::registry::PartitionRegistry;
+use crate::registry::{PartitionHandle, PartitionRegistry};
 use crate::store::StoreEnv;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -19,18 +25,27 @@ use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How often a failing state open is retried before the instance gives up (and exits non-zero).
-const OPEN_ATTEMPTS: u32 = 5;
+/// Longest a revoke waits for the partition's snapshot round to stop.
+const ROUND_STOP_WAIT: Duration = Duration::from_secs(3);
 
-/// A partition this instance owns.
+/// A partition this instance consumes.
 pub(super) struct Owned {
     pub state: PartitionState,
     /// Dead letters sent for records below `state.next_offset()`, not yet confirmed.
     pub in_flight: Vec<InFlight>,
+    handle: Arc<PartitionHandle>,
+}
+
+/// An assigned partition whose state is being prepared.
+struct Pending {
+    generation: u64,
+    cancel: CancellationToken,
 }
 
 /// Everything the consumer thread and its rebalance callbacks share.
@@ -44,6 +59,12 @@ pub(super) struct Shared {
     /// Locked by the poll loop per record and by callbacks inside `poll()`; both on the same
     /// thread, never across a `poll()`, so it is never contended.
     owned: Mutex<BTreeMap<i32, Owned>>,
+    pending: Mutex<BTreeMap<i32, Pending>>,
+    generation: AtomicU64,
+    /// Prepared partitions travel to the consumer thread through here.
+    prepared: Mutex<Sender<Prepared>>,
+    /// Partitions whose state stays here though they are not owned, and since when.
+    released: Mutex<BTreeMap<i32, Instant>>,
     /// Set when the instance cannot go on (e.g. state cannot be opened); the thread then stops.
     pub fatal: Mutex<Option<String>>,
 }
@@ -56,7 +77,12 @@ impl Shared {
         dead_letters: DeadLetterProducer,
         registry: Arc<PartitionRegistry>,
         shutdown: CancellationToken,
+        prepared: Sender<Prepared>,
     ) -> Shared {
+        // State left from earlier runs counts as released now: deleted after the grace period
+        // unless its partition is assigned here again.
+        let now = Instant::now();
+        let released = env.local_partitions(&config.kafka.input_topic).into_iter().map(|p| (p, now)).collect();
         Shared {
             config,
             env,
@@ -65,6 +91,10 @@ impl Shared {
             registry,
             shutdown,
             owned: Mutex::default(),
+            pending: Mutex::default(),
+            generation: AtomicU64::new(0),
+            prepared: Mutex::new(prepared),
+            released: Mutex::new(released),
             fatal: Mutex::default(),
         }
     }
@@ -73,7 +103,16 @@ impl Shared {
         self.owned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fail(&self, message: String) {
+    fn pending(&self) -> MutexGuard<'_, BTreeMap<i32, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn send_prepared(&self, prepared: Prepared) {
+        // The receiver is gone only when the consumer thread has stopped; the state just closes.
+        let _ = self.prepared.lock().unwrap_or_else(|e| e.into_inner()).send(prepared);
+    }
+
+    pub(super) fn fail(&self, message: String) {
         tracing::error!(%message, "stopping: cannot continue");
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).replace(message);
         self.shutdown.cancel();
@@ -129,106 +168,159 @@ impl Shared {
         }
     }
 
-    fn open(&self, partition: i32) -> Option<Owned> {
+    /// Starts preparing newly assigned partitions. They join the consumer's assignment when ready
+    /// ([`Shared::start_consuming`]); until then `/readyz` reports not ready.
+    fn on_assign(self: &Arc<Self>, consumer: &BaseConsumer<GroupContext>, list: &TopicPartitionList) {
         let topic = &self.config.kafka.input_topic;
-        let mut backoff = Duration::from_millis(200);
-        for attempt in 1..=OPEN_ATTEMPTS {
-            match self.env.open_partition(topic, partition) {
-                Ok((store, set_aside)) => {
-                    if let Some(aside) = set_aside {
-                        self.metrics.handled_error(
-                            ErrorKind::StateSetAside,
-                            &format_args!(
-                                "partition {partition}: state {} ({}); rebuilding from the input",
-                                aside.moved_to.display(),
-                                aside.reason
-                            ),
-                        );
-                    }
-                    let state = PartitionState::new(
-                        partition,
-                        Arc::new(store),
-                        0,
-                        self.config.dedupe.window,
-                        self.metrics.for_partition(partition),
-                    );
-                    return Some(Owned { state, in_flight: Vec::new() });
-                }
-                Err(e) => {
-                    self.metrics.handled_error(
-                        ErrorKind::StateOpen,
-                        &format_args!("partition {partition}, attempt {attempt}/{OPEN_ATTEMPTS}: {e}"),
-                    );
-                    std::thread::sleep(backoff);
-                    backoff *= 2;
-                }
+        let mut pending = self.pending();
+        for element in list.elements_for_topic(topic) {
+            let partition = element.partition();
+            self.released.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+            let cancel = self.shutdown.child_token();
+            if let Some(previous) = pending.insert(partition, Pending { generation, cancel: cancel.clone() }) {
+                previous.cancel.cancel();
+            }
+            self.registry.mark_preparing(partition);
+            tracing::info!(partition, "partition assigned; preparing its state");
+            let shared = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name(format!("ledgerd-prepare-{partition}"))
+                .spawn(move || prepare::run(shared, partition, generation, cancel));
+            if let Err(e) = spawned {
+                self.fail(format!("cannot start preparing partition {partition}: {e}"));
             }
         }
-        self.fail(format!("cannot open the state of partition {partition}"));
-        None
-    }
-
-    fn on_assign(&self, consumer: &BaseConsumer<GroupContext>, list: &mut TopicPartitionList) {
-        let topic = self.config.kafka.input_topic.clone();
-        let mut owned = self.owned();
-        let partitions: Vec<i32> = list.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
-        for partition in partitions {
-            let Some(entry) = self.open(partition) else { continue };
-            // Never resume from the group's committed offset: it may lag the state (the commit
-            // follows the checkpoint) or belong to state that no longer exists here.
-            let (offset, from) = match entry.state.store().stored_next_offset() {
-                Some(next) => (Offset::Offset(next), "state"),
-                None => (Offset::Beginning, "beginning"),
-            };
-            if let Err(e) = list.set_partition_offset(&topic, partition, offset) {
-                self.metrics.handled_error(ErrorKind::Rebalance, &e);
-            }
-            tracing::info!(partition, next_offset = entry.state.next_offset(), from, "partition assigned");
-            self.registry.insert(partition, Arc::clone(entry.state.store()));
-            owned.insert(partition, entry);
-        }
-        self.metrics.assigned_partitions.set(owned.len() as i64);
-        drop(owned);
+        self.metrics.restoring_partitions.set(pending.len() as i64);
+        drop(pending);
         self.metrics.rebalance("assign");
-        let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_assign(list),
-            _ => consumer.assign(list),
-        };
-        if let Err(e) = result {
+        // Completes librdkafka's side of the rebalance; partitions are added as they become ready.
+        if let Err(e) = consumer.incremental_assign(&TopicPartitionList::new()) {
             self.metrics.handled_error(ErrorKind::Rebalance, &e);
         }
         self.registry.mark_joined();
     }
 
-    /// Checkpoints and releases the partitions in `list` (all owned ones when `list` is `None`).
-    pub fn release(&self, consumer: &BaseConsumer<GroupContext>, list: Option<&TopicPartitionList>) {
+    /// Adds a prepared partition to the consumer's assignment at the offset its state dictates.
+    pub fn start_consuming(&self, consumer: &BaseConsumer<GroupContext>, prepared: Prepared) {
+        let partition = prepared.partition;
+        {
+            let mut pending = self.pending();
+            match pending.get(&partition) {
+                Some(p) if p.generation == prepared.generation => pending.remove(&partition),
+                // Revoked (and perhaps assigned again) while it was being prepared.
+                _ => return,
+            };
+            self.metrics.restoring_partitions.set(pending.len() as i64);
+        }
+        let topic = &self.config.kafka.input_topic;
+        // Never resume from the group's committed offset: it may lag the state (the commit
+        // follows the checkpoint) or belong to state that no longer exists here.
+        let offset = match prepared.state.store().stored_next_offset() {
+            Some(next) => Offset::Offset(next),
+            None => Offset::Beginning,
+        };
+        let mut list = TopicPartitionList::new();
+        if let Err(e) = list.add_partition_offset(topic, partition, offset) {
+            self.metrics.handled_error(ErrorKind::Rebalance, &e);
+        }
+        let handle = Arc::new(PartitionHandle::new(partition, Arc::clone(prepared.state.store())));
+        tracing::info!(
+            partition,
+            next_offset = prepared.state.next_offset(),
+            from = prepared.source,
+            "partition consuming"
+        );
         let mut owned = self.owned();
+        owned.insert(partition, Owned { state: prepared.state, in_flight: Vec::new(), handle: Arc::clone(&handle) });
+        self.metrics.assigned_partitions.set(owned.len() as i64);
+        drop(owned);
+        self.registry.insert(handle);
+        if let Err(e) = consumer.incremental_assign(&list) {
+            self.metrics.handled_error(ErrorKind::Rebalance, &e);
+        }
+    }
+
+    /// Deletes the state of partitions released longer than `state.release_grace` ago.
+    pub fn delete_released_state(&self) {
+        let grace = self.config.state.release_grace;
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        let due: Vec<i32> = released.iter().filter(|(_, since)| since.elapsed() >= grace).map(|(p, _)| *p).collect();
+        for partition in due {
+            if self.owned().contains_key(&partition) || self.pending().contains_key(&partition) {
+                released.remove(&partition);
+                continue;
+            }
+            match self.env.delete_partition(&self.config.kafka.input_topic, partition) {
+                Ok(()) => {
+                    released.remove(&partition);
+                    tracing::info!(partition, "deleted the state of a partition owned elsewhere");
+                }
+                Err(e) => {
+                    self.metrics.handled_error(ErrorKind::StateCleanup, &format_args!("partition {partition}: {e}"));
+                    // Try again after another grace period, not on every scan.
+                    released.insert(partition, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Checkpoints and releases the partitions in `list` (all owned ones when `list` is `None`).
+    /// Returns the partitions that were consuming (and so are in the consumer's assignment).
+    pub fn release(&self, consumer: &BaseConsumer<GroupContext>, list: Option<&TopicPartitionList>) -> Vec<i32> {
         let partitions: Vec<i32> = match list {
             Some(list) => {
                 list.elements_for_topic(&self.config.kafka.input_topic).iter().map(|e| e.partition()).collect()
             }
-            None => owned.keys().copied().collect(),
+            None => self.owned().keys().chain(self.pending().keys()).copied().collect(),
         };
+        let mut pending = self.pending();
+        for partition in &partitions {
+            if let Some(preparing) = pending.remove(partition) {
+                preparing.cancel.cancel();
+                self.registry.remove(*partition);
+                tracing::info!(partition, "partition released while preparing");
+            }
+        }
+        self.metrics.restoring_partitions.set(pending.len() as i64);
+        drop(pending);
+
+        let mut owned = self.owned();
         let mut committed = Vec::new();
+        let mut consuming = Vec::new();
         for partition in partitions {
             let Some(mut entry) = owned.remove(&partition) else { continue };
+            consuming.push(partition);
+            // No snapshot round of this partition should run once another instance can own it. The
+            // wait is bounded so the consumer never misses its poll deadline; a round still running
+            // then stops at its next record without a marker (see `snapshot` on why that is safe).
+            if !entry.handle.release(ROUND_STOP_WAIT) {
+                tracing::warn!(partition, "released while a snapshot round is still confirming its records");
+            }
             if let Some(next) = self.checkpoint(&mut entry) {
                 committed.push((partition, next));
             }
             self.registry.remove(partition);
             self.metrics.remove_partition(partition);
+            self.released.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, Instant::now());
             tracing::info!(partition, next_offset = entry.state.checkpointed_offset(), "partition released");
         }
         self.metrics.assigned_partitions.set(owned.len() as i64);
         drop(owned);
         self.commit(consumer, &committed, CommitMode::Sync);
+        consuming
     }
 
     fn on_revoke(&self, consumer: &BaseConsumer<GroupContext>, list: &TopicPartitionList) {
         self.metrics.rebalance("revoke");
-        self.release(consumer, Some(list));
+        let consuming = self.release(consumer, Some(list));
+        // Only partitions that made it into the consumer's assignment can be unassigned.
+        let mut assigned = TopicPartitionList::with_capacity(consuming.len());
+        for partition in consuming {
+            assigned.add_partition(&self.config.kafka.input_topic, partition);
+        }
         let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_unassign(list),
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(&assigned),
             _ => consumer.unassign(),
         };
         if let Err(e) = result {

@@ -11,6 +11,7 @@ use crate::ledger::{self, Rejection, TransactionEvent};
 use crate::metrics::PartitionMetrics;
 use crate::store::{PartitionStore, StoreError};
 use overlay::{Overlay, View};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ const FORGET_PER_CHECKPOINT: usize = 20_000;
 pub enum Disposition {
     Applied,
     Duplicate,
+    /// Already part of the snapshot this partition was restored from (see `snapshot`).
+    InSnapshot,
     /// Must be copied to the dead-letter topic, and confirmed, before its offset is checkpointed.
     DeadLetter(Rejection),
 }
@@ -39,6 +42,10 @@ pub struct PartitionState {
     dedupe_window_micros: i64,
     records_since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// After a restore: accounts whose input records below the offset are already in their state.
+    restore_skips: HashMap<String, i64>,
+    /// The largest offset in `restore_skips`; once the partition reads past it the skips go.
+    restore_skips_until: i64,
     metrics: PartitionMetrics,
 }
 
@@ -51,10 +58,11 @@ impl PartitionState {
         start_offset: i64,
         dedupe_window: Duration,
         metrics: PartitionMetrics,
-    ) -> PartitionState {
+    ) -> Result<PartitionState, StoreError> {
         let next_offset = store.stored_next_offset().unwrap_or(start_offset);
         metrics.checkpointed_offset.set(next_offset);
-        PartitionState {
+        let restore_skips = store.restore_skips()?;
+        Ok(PartitionState {
             partition,
             watermark_micros: store.stored_watermark_micros(),
             store,
@@ -64,8 +72,10 @@ impl PartitionState {
             dedupe_window_micros: i64::try_from(dedupe_window.as_micros()).unwrap_or(i64::MAX),
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            restore_skips_until: restore_skips.values().copied().max().unwrap_or(i64::MIN),
+            restore_skips,
             metrics,
-        }
+        })
     }
 
     pub fn partition(&self) -> i32 {
@@ -85,6 +95,25 @@ impl PartitionState {
         self.checkpointed_offset
     }
 
+    /// Whether the record of `account` at `offset` is already reflected in the snapshot the
+    /// partition was restored from. Such records are skipped, dead letters included: the previous
+    /// owner confirmed those before the checkpoint the snapshot was read from.
+    pub fn in_snapshot(&self, account: &[u8], offset: i64) -> bool {
+        if offset >= self.restore_skips_until {
+            return false;
+        }
+        let Ok(account) = std::str::from_utf8(account) else { return false };
+        self.restore_skips.get(account).is_some_and(|valid_through| offset < *valid_through)
+    }
+
+    /// Counts a record skipped because it is in the restored snapshot, and moves past it.
+    pub fn skip_in_snapshot(&mut self, offset: i64) -> Disposition {
+        self.metrics.in_snapshot.inc();
+        self.next_offset = offset + 1;
+        self.records_since_checkpoint += 1;
+        Disposition::InSnapshot
+    }
+
     /// Applies the record at `offset`. A storage error leaves the state as it was (the reducer reads
     /// before it writes), so the caller may retry the same record.
     pub fn process(
@@ -94,6 +123,9 @@ impl PartitionState {
     ) -> Result<Disposition, StoreError> {
         let disposition = match decoded {
             Err(rejection) => Disposition::DeadLetter(rejection.clone()),
+            Ok(event) if self.in_snapshot(event.account_id.as_bytes(), offset) => {
+                return Ok(self.skip_in_snapshot(offset));
+            }
             Ok(event) => {
                 let mut view = View { store: &self.store, overlay: &mut self.overlay };
                 match ledger::apply(&mut view, event)? {
@@ -109,6 +141,8 @@ impl PartitionState {
         match &disposition {
             Disposition::Applied => self.metrics.applied.inc(),
             Disposition::Duplicate => self.metrics.duplicate.inc(),
+            // Counted by skip_in_snapshot, which returned above.
+            Disposition::InSnapshot => {}
             Disposition::DeadLetter(r) => self.metrics.dead_lettered(r.reason),
         }
         self.next_offset = offset + 1;
@@ -146,13 +180,21 @@ impl PartitionState {
             return Ok(None);
         }
         let mut batch = self.store.begin();
-        self.overlay.write_to(&mut batch);
+        self.overlay.write_to(&mut batch, self.next_offset);
+        let skips_done = !self.restore_skips.is_empty() && self.next_offset >= self.restore_skips_until;
+        if skips_done {
+            batch.clear_restore_skips();
+        }
         if self.watermark_micros != i64::MIN {
             let cutoff = self.watermark_micros.saturating_sub(self.dedupe_window_micros);
             batch.forget_transactions_before(cutoff, FORGET_PER_CHECKPOINT)?;
         }
         batch.commit(self.next_offset, self.watermark_micros)?;
         self.overlay.clear();
+        if skips_done {
+            self.restore_skips.clear();
+            self.restore_skips_until = i64::MIN;
+        }
         self.metrics.checkpoint_records.observe(self.records_since_checkpoint as f64);
         self.metrics.checkpointed_offset.set(self.next_offset);
         self.checkpointed_offset = self.next_offset;
@@ -181,6 +223,7 @@ mod tests {
     fn open(env: &StoreEnv) -> PartitionState {
         let (store, _) = env.open_partition("transactions", 0).unwrap();
         PartitionState::new(0, Arc::new(store), 0, Duration::from_secs(7 * 86_400), Metrics::new().for_partition(0))
+            .unwrap()
     }
 
     fn usd_balance(state: &PartitionState) -> Option<String> {
@@ -194,6 +237,7 @@ mod tests {
             dir: dir.path().to_owned(),
             block_cache_size: ByteSize(8 << 20),
             write_buffer_size: ByteSize(4 << 20),
+            release_grace: Duration::from_secs(600),
         })
         .unwrap();
         {

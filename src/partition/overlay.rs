@@ -27,10 +27,11 @@ impl Overlay {
         self.accounts.get_mut(account).expect("inserted above")
     }
 
-    pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>) {
+    /// Adds the changes to `batch`, which will be committed with `next_offset`.
+    pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64) {
         for (account, changes) in &self.accounts {
             for (currency, balance) in &changes.balances {
-                batch.put_balance(account, *currency, *balance);
+                batch.put_balance(account, *currency, *balance, next_offset);
             }
             for (id, record) in &changes.transactions {
                 batch.put_transaction(account, id, record);

@@ -5,8 +5,13 @@ use crate::ledger::{Amount, Currency, EventKind, TransactionRecord};
 use crate::proto::StoredTransaction;
 use prost::Message;
 
-/// Format of balance values: byte 1, then `rust_decimal`'s 16-byte serialisation.
+/// Format of balance values written by ledgerd 0.1: byte 1, then `rust_decimal`'s 16-byte
+/// serialisation. Still read; its changed-at offset counts as unknown (0), which only makes the
+/// next snapshot round include the account.
 const BALANCE_V1: u8 = 1;
+/// Format of balance values: byte 2, the 16-byte amount, then the next offset (i64 BE) of the
+/// checkpoint that last changed it, so a snapshot round can find the accounts changed since the last.
+const BALANCE_V2: u8 = 2;
 /// Format of transaction values: byte 1, then a `StoredTransaction` protobuf.
 const TRANSACTION_V1: u8 = 1;
 
@@ -14,18 +19,28 @@ const TRANSACTION_V1: u8 = 1;
 #[error("undecodable stored value: {0}")]
 pub struct CodecError(pub String);
 
-pub fn encode_balance(amount: Amount) -> [u8; 17] {
-    let mut out = [0u8; 17];
-    out[0] = BALANCE_V1;
-    out[1..].copy_from_slice(&amount.to_bytes());
+pub fn encode_balance(amount: Amount, changed_at: i64) -> [u8; 25] {
+    let mut out = [0u8; 25];
+    out[0] = BALANCE_V2;
+    out[1..17].copy_from_slice(&amount.to_bytes());
+    out[17..].copy_from_slice(&changed_at.to_be_bytes());
     out
 }
 
 pub fn decode_balance(bytes: &[u8]) -> Result<Amount, CodecError> {
+    decode_balance_entry(bytes).map(|(amount, _)| amount)
+}
+
+/// The balance and the next offset of the checkpoint that last changed it.
+pub fn decode_balance_entry(bytes: &[u8]) -> Result<(Amount, i64), CodecError> {
+    let wrong_size = || CodecError(format!("balance of {} bytes", bytes.len()));
     match bytes.split_first() {
-        Some((&BALANCE_V1, rest)) => {
-            rest.try_into().map(Amount::from_bytes).map_err(|_| CodecError(format!("balance of {} bytes", bytes.len())))
+        Some((&BALANCE_V1, rest)) => Ok((Amount::from_bytes(rest.try_into().map_err(|_| wrong_size())?), 0)),
+        Some((&BALANCE_V2, rest)) if rest.len() == 24 => {
+            let amount = Amount::from_bytes(rest[..16].try_into().map_err(|_| wrong_size())?);
+            Ok((amount, i64::from_be_bytes(rest[16..].try_into().map_err(|_| wrong_size())?)))
         }
+        Some((&BALANCE_V2, _)) => Err(wrong_size()),
         _ => Err(CodecError(format!("unknown balance format {:?}", bytes.first()))),
     }
 }
@@ -81,7 +96,11 @@ mod tests {
     #[test]
     fn values_round_trip() {
         let amount = Amount::parse("-1299.00").unwrap();
-        assert_eq!(decode_balance(&encode_balance(amount)).unwrap().to_string(), "-1299.00");
+        assert_eq!(decode_balance_entry(&encode_balance(amount, 77)).unwrap(), (amount, 77));
+        // ledgerd 0.1's format still reads, with an unknown (0) changed-at offset.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&amount.to_bytes());
+        assert_eq!(decode_balance_entry(&v1).unwrap(), (amount, 0));
         let record = TransactionRecord {
             kind: EventKind::Reversal,
             delta: amount,
@@ -96,6 +115,7 @@ mod tests {
     #[test]
     fn unknown_formats_are_errors() {
         assert!(decode_balance(&[9; 17]).is_err());
+        assert!(decode_balance(&[2; 17]).is_err());
         assert!(decode_transaction(&[2, 0]).is_err());
         assert!(decode_i64(&[1, 2]).is_err());
     }

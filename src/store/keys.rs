@@ -7,9 +7,10 @@
 //! | column family  | key                                            | value                       |
 //! |----------------|------------------------------------------------|-----------------------------|
 //! | `meta`         | a [`MetaKey`] name                             | see `codec`                 |
-//! | `balances`     | account prefix, currency (3 bytes)             | format byte + 16-byte amount|
+//! | `balances`     | account prefix, currency (3 bytes)             | format byte, amount, changed-at offset |
 //! | `transactions` | account prefix, transaction id                 | format byte + protobuf      |
 //! | `txn_expiry`   | event time (u64 BE, sign-flipped), account prefix, transaction id | empty    |
+//! | `restore_skip` | account prefix                                 | i64 BE: the account's snapshot offset |
 
 use crate::ledger::Currency;
 
@@ -17,7 +18,10 @@ pub const CF_META: &str = "meta";
 pub const CF_BALANCES: &str = "balances";
 pub const CF_TRANSACTIONS: &str = "transactions";
 pub const CF_TXN_EXPIRY: &str = "txn_expiry";
-pub const ALL_CFS: [&str; 4] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_TXN_EXPIRY];
+/// Accounts restored from a snapshot record newer than the restore point: input records of that
+/// account below the stored offset are already in its state and must not be applied again.
+pub const CF_RESTORE_SKIP: &str = "restore_skip";
+pub const ALL_CFS: [&str; 5] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_TXN_EXPIRY, CF_RESTORE_SKIP];
 
 /// Named entries of the `meta` column family.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +34,9 @@ pub enum MetaKey {
     NextOffset,
     /// The newest event time applied (i64 BE micros); drives the dedupe window.
     Watermark,
+    /// The input offset of this partition's newest snapshot round whose marker the broker
+    /// acknowledged (i64 BE); the next round writes the accounts changed since.
+    SnapshotThrough,
 }
 
 impl MetaKey {
@@ -39,6 +46,7 @@ impl MetaKey {
             MetaKey::Identity => b"identity",
             MetaKey::NextOffset => b"next_offset",
             MetaKey::Watermark => b"watermark",
+            MetaKey::SnapshotThrough => b"snapshot_through",
         }
     }
 }
@@ -93,12 +101,17 @@ pub fn transaction_key_of_expiry(expiry_key: &[u8]) -> Option<&[u8]> {
     expiry_key.get(8..)
 }
 
-/// Splits a `balances` key into (account, currency).
-pub fn split_balance(key: &[u8]) -> Option<(&str, Currency)> {
+/// Splits a key that starts with an account prefix into (account, rest of the key).
+pub fn split_account(key: &[u8]) -> Option<(&str, &[u8])> {
     let len = usize::from(u16::from_be_bytes(key.get(..2)?.try_into().ok()?));
     let account = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
-    let currency = Currency::parse(std::str::from_utf8(key.get(2 + len..)?).ok()?)?;
-    Some((account, currency))
+    Some((account, key.get(2 + len..)?))
+}
+
+/// Splits a `balances` key into (account, currency).
+pub fn split_balance(key: &[u8]) -> Option<(&str, Currency)> {
+    let (account, rest) = split_account(key)?;
+    Some((account, Currency::parse(std::str::from_utf8(rest).ok()?)?))
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ pub mod keys;
 use crate::config::StateConfig;
 use crate::ledger::{Amount, Currency, TransactionRecord};
 use codec::CodecError;
-use keys::{MetaKey, CF_BALANCES, CF_META, CF_TRANSACTIONS, CF_TXN_EXPIRY};
+use keys::{MetaKey, CF_BALANCES, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, CF_TXN_EXPIRY};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
     WriteBufferManager, WriteOptions, DB,
 };
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
@@ -96,6 +98,46 @@ impl StoreEnv {
         DB::open_cf_descriptors(&options, path, cfs)
     }
 
+    /// Moves the state of `topic`/`partition` aside (e.g. when it is older than the snapshot a
+    /// restore is about to load). The caller must have closed it.
+    pub fn set_aside(&self, topic: &str, partition: i32, reason: String) -> Result<SetAside, StoreError> {
+        let path = self.partition_dir(topic, partition);
+        let moved_to = path.with_file_name(format!(
+            "{}.aside-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+        ));
+        std::fs::rename(&path, &moved_to).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        Ok(SetAside { moved_to, reason })
+    }
+
+    /// Deletes the state of a partition this instance no longer owns. Fails, harmlessly, while a
+    /// handle to it is still open.
+    pub fn delete_partition(&self, topic: &str, partition: i32) -> Result<(), StoreError> {
+        let path = self.partition_dir(topic, partition);
+        if !path.exists() {
+            return Ok(());
+        }
+        // Destroy takes the database's lock, so it cannot pull state from under an open handle.
+        DB::destroy(&self.options(), &path)?;
+        std::fs::remove_dir_all(&path).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(StoreError::Io { path, source: e }),
+        })
+    }
+
+    /// Partitions of `topic` that have a state directory here.
+    pub fn local_partitions(&self, topic: &str) -> Vec<i32> {
+        let prefix = format!("{topic}-");
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let mut found: Vec<i32> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
     /// Opens (or creates) the state of `topic`/`partition`. State that cannot be opened, or that
     /// belongs to another topic, partition or format version, is moved aside and replaced by empty
     /// state, which then rebuilds from the input.
@@ -108,7 +150,7 @@ impl StoreEnv {
         let identity = format!("{topic}\0{partition}");
         let mut set_aside = None;
         let problem = match self.open_db(&path) {
-            Ok(db) => match check_identity(&db, &identity) {
+            Ok(db) => match check_identity(&db, &identity).and_then(|()| check_complete(&db)) {
                 Ok(()) => return Ok((PartitionStore::new(db, path, &identity)?, None)),
                 Err(reason) => reason,
             },
@@ -118,13 +160,7 @@ impl StoreEnv {
             Err(e) => format!("cannot open: {e}"),
         };
         // The failed handle is dropped above, so the directory can be moved.
-        let moved_to = path.with_file_name(format!(
-            "{}.aside-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
-        ));
-        std::fs::rename(&path, &moved_to).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-        set_aside.replace(SetAside { moved_to, reason: problem });
+        set_aside.replace(self.set_aside(topic, partition, problem)?);
         let db = self.open_db(&path)?;
         Ok((PartitionStore::new(db, path, &identity)?, set_aside))
     }
@@ -150,6 +186,35 @@ fn check_identity(db: &DB, identity: &str) -> Result<(), String> {
         }
         _ => Err("incomplete meta (format version or identity missing)".into()),
     }
+}
+
+/// State without a next offset must be empty: anything else is a restore that was interrupted
+/// before its final, offset-bearing batch.
+fn check_complete(db: &DB) -> Result<(), String> {
+    let meta = db.cf_handle(CF_META).ok_or("no meta column family")?;
+    let balances = db.cf_handle(CF_BALANCES).ok_or("no balances column family")?;
+    let has_offset = db.get_cf(meta, MetaKey::NextOffset.name()).map_err(|e| format!("cannot read meta: {e}"))?;
+    if has_offset.is_some() || db.iterator_cf(balances, IteratorMode::Start).next().is_none() {
+        Ok(())
+    } else {
+        Err("holds balances but no checkpoint (an interrupted restore)".into())
+    }
+}
+
+/// One account's state, read for a snapshot round or written by a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountImage {
+    pub account: String,
+    pub balances: Vec<(Currency, Amount)>,
+    /// Remembered transactions, newest event time first.
+    pub transactions: Vec<(String, TransactionRecord)>,
+}
+
+/// The checkpoint a snapshot scan read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanPoint {
+    pub next_offset: i64,
+    pub watermark_micros: i64,
 }
 
 /// The state of one input partition.
@@ -225,6 +290,103 @@ impl PartitionStore {
         Ok(out)
     }
 
+    /// The offset of the newest snapshot round the broker acknowledged, if any.
+    pub fn snapshot_through(&self) -> Result<Option<i64>, StoreError> {
+        let value = self.db.get_cf(self.cf(CF_META), MetaKey::SnapshotThrough.name())?;
+        Ok(value.map(|v| codec::decode_i64(&v)).transpose()?)
+    }
+
+    /// Remembers that a snapshot round through `offset` is complete. Only the snapshot writer
+    /// writes this key, so it never races a checkpoint.
+    pub fn record_snapshot_through(&self, offset: i64) -> Result<(), StoreError> {
+        self.db.put_cf_opt(self.cf(CF_META), MetaKey::SnapshotThrough.name(), codec::encode_i64(offset), &synced())?;
+        Ok(())
+    }
+
+    /// Accounts whose input records below the given offset are already in their restored state.
+    pub fn restore_skips(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let mut out = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_RESTORE_SKIP), IteratorMode::Start) {
+            let (key, value) = item?;
+            if let Some((account, _)) = keys::split_account(&key) {
+                out.insert(account.to_owned(), codec::decode_i64(&value)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads, from one consistent point-in-time view, the last checkpoint and every account with a
+    /// balance changed by a checkpoint whose next offset is above `since` (every account when
+    /// `since` is `None`), with its transactions inside the dedupe window (event time at most
+    /// `dedupe_window_micros` behind the checkpoint's watermark). Returns `None` for state that
+    /// never checkpointed. `visit` may stop the scan early.
+    pub fn scan_changed_accounts(
+        &self,
+        since: Option<i64>,
+        dedupe_window_micros: i64,
+        mut visit: impl FnMut(&ScanPoint, AccountImage) -> ControlFlow<()>,
+    ) -> Result<Option<ScanPoint>, StoreError> {
+        let view = self.db.snapshot();
+        let meta = self.cf(CF_META);
+        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
+            Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
+        };
+        let Some(next_offset) = read_i64(MetaKey::NextOffset)? else { return Ok(None) };
+        let point = ScanPoint { next_offset, watermark_micros: read_i64(MetaKey::Watermark)?.unwrap_or(i64::MIN) };
+        let min_event_time = point.watermark_micros.saturating_sub(dedupe_window_micros);
+
+        let mut current: Option<(AccountImage, bool)> = None;
+        let finish =
+            |image: AccountImage, changed: bool, visit: &mut dyn FnMut(&ScanPoint, AccountImage) -> ControlFlow<()>| {
+                if !changed {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let mut image = image;
+                let prefix = keys::account_prefix(&image.account);
+                let mut read = ReadOptions::default();
+                read.set_iterate_upper_bound(prefix_end(&prefix));
+                let mode = IteratorMode::From(&prefix, Direction::Forward);
+                for item in view.iterator_cf_opt(self.cf(CF_TRANSACTIONS), read, mode) {
+                    let (key, value) = item?;
+                    let record = codec::decode_transaction(&value)?;
+                    if record.event_time_micros >= min_event_time {
+                        let id = keys::split_account(&key).map(|(_, id)| String::from_utf8_lossy(id).into_owned());
+                        image.transactions.push((id.unwrap_or_default(), record));
+                    }
+                }
+                image.transactions.sort_by_key(|(_, t)| std::cmp::Reverse(t.event_time_micros));
+                Ok::<_, StoreError>(visit(&point, image))
+            };
+        for item in view.iterator_cf(self.cf(CF_BALANCES), IteratorMode::Start) {
+            let (key, value) = item?;
+            let Some((account, currency)) = keys::split_balance(&key) else { continue };
+            let (amount, changed_at) = codec::decode_balance_entry(&value)?;
+            let changed = since.is_none_or(|since| changed_at > since);
+            match &mut current {
+                Some((image, any_changed)) if image.account == account => {
+                    image.balances.push((currency, amount));
+                    *any_changed |= changed;
+                }
+                _ => {
+                    let next = AccountImage {
+                        account: account.to_owned(),
+                        balances: vec![(currency, amount)],
+                        transactions: Vec::new(),
+                    };
+                    if let Some((image, any_changed)) = current.replace((next, changed)) {
+                        if finish(image, any_changed, &mut visit)?.is_break() {
+                            return Ok(Some(point));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((image, any_changed)) = current {
+            let _ = finish(image, any_changed, &mut visit)?;
+        }
+        Ok(Some(point))
+    }
+
     /// Starts a checkpoint. Nothing is visible until [`PartitionStore::commit`].
     pub fn begin(&self) -> Checkpoint<'_> {
         Checkpoint { store: self, batch: WriteBatch::default() }
@@ -238,8 +400,40 @@ pub struct Checkpoint<'s> {
 }
 
 impl Checkpoint<'_> {
-    pub fn put_balance(&mut self, account: &str, currency: Currency, balance: Amount) {
-        self.batch.put_cf(self.store.cf(CF_BALANCES), keys::balance(account, currency), codec::encode_balance(balance));
+    /// `changed_at` is the next offset of the checkpoint that makes this change durable.
+    pub fn put_balance(&mut self, account: &str, currency: Currency, balance: Amount, changed_at: i64) {
+        self.batch.put_cf(
+            self.store.cf(CF_BALANCES),
+            keys::balance(account, currency),
+            codec::encode_balance(balance, changed_at),
+        );
+    }
+
+    /// Records that `account`'s restored state already reflects its input records below `valid_through`.
+    pub fn put_restore_skip(&mut self, account: &str, valid_through: i64) {
+        self.batch.put_cf(
+            self.store.cf(CF_RESTORE_SKIP),
+            keys::account_prefix(account),
+            codec::encode_i64(valid_through),
+        );
+    }
+
+    /// Drops every restore skip (once the partition has read past all of them).
+    pub fn clear_restore_skips(&mut self) {
+        // Account prefixes start with a u16 length, so every key sorts below [0xff; 3].
+        self.batch.delete_range_cf(self.store.cf(CF_RESTORE_SKIP), &[][..], &[0xff, 0xff, 0xff][..]);
+    }
+
+    /// Sets the offset of the snapshot round the state is known to be covered by (after a restore).
+    pub fn put_snapshot_through(&mut self, offset: i64) {
+        self.batch.put_cf(self.store.cf(CF_META), MetaKey::SnapshotThrough.name(), codec::encode_i64(offset));
+    }
+
+    /// Writes what is batched so far without a next offset and without syncing: a restore's
+    /// intermediate chunks. Until the final [`Checkpoint::commit`] the state counts as incomplete.
+    pub fn write_partial(self) -> Result<(), StoreError> {
+        self.store.db.write(self.batch)?;
+        Ok(())
     }
 
     /// Remembers a transaction, indexed by event time for the dedupe window. Re-putting a record
@@ -320,12 +514,14 @@ mod tests {
     use super::*;
     use crate::config::ByteSize;
     use crate::ledger::EventKind;
+    use std::time::Duration;
 
     fn env(dir: &Path) -> StoreEnv {
         StoreEnv::new(&StateConfig {
             dir: dir.to_owned(),
             block_cache_size: ByteSize(8 << 20),
             write_buffer_size: ByteSize(4 << 20),
+            release_grace: Duration::from_secs(600),
         })
         .unwrap()
     }
@@ -354,7 +550,7 @@ mod tests {
             assert!(aside.is_none());
             assert_eq!(store.stored_next_offset(), None);
             let mut cp = store.begin();
-            cp.put_balance("a", usd(), Amount::parse("3701.00").unwrap());
+            cp.put_balance("a", usd(), Amount::parse("3701.00").unwrap(), 42);
             cp.put_transaction("a", "t1", &record(10));
             cp.commit(42, 10).unwrap();
         }

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,10 +190,14 @@ pub struct Instance {
     pub group: String,
     pub input: String,
     pub dlq: String,
+    pub snapshots: String,
+    pub snapshot_interval: &'static str,
     pub state_dir: PathBuf,
     pub checkpoint_interval: &'static str,
     pub max_records: u64,
     pub extra_properties: Vec<(String, String)>,
+    /// Extra environment variables for the process (e.g. fault injection).
+    pub env: Vec<(String, String)>,
 }
 
 impl Instance {
@@ -203,6 +207,8 @@ impl Instance {
             group: unique("group"),
             input: input.to_owned(),
             dlq: format!("{input}-dlq"),
+            snapshots: format!("{input}-snapshots"),
+            snapshot_interval: "60s",
             state_dir: state_dir.to_owned(),
             checkpoint_interval: "200ms",
             max_records: 5_000,
@@ -215,6 +221,7 @@ impl Instance {
                 ("heartbeat.interval.ms".into(), "500".into()),
                 ("max.poll.interval.ms".into(), "10000".into()),
             ],
+            env: Vec::new(),
         }
     }
 
@@ -223,6 +230,7 @@ impl Instance {
             "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\ndlq_topic = \"{}\"\n\
              [state]\ndir = \"{}\"\nblock_cache_size = \"32MiB\"\nwrite_buffer_size = \"8MiB\"\n\
              [checkpoint]\ninterval = \"{}\"\nmax_records = {}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [snapshot]\ntopic = \"{}\"\ninterval = \"{}\"\n\
              [shutdown]\ntimeout = \"15s\"\n[kafka.properties]\n",
             self.brokers,
             self.group,
@@ -230,7 +238,9 @@ impl Instance {
             self.dlq,
             self.state_dir.display(),
             self.checkpoint_interval,
-            self.max_records
+            self.max_records,
+            self.snapshots,
+            self.snapshot_interval
         );
         for (k, v) in &self.extra_properties {
             text.push_str(&format!("\"{k}\" = \"{v}\"\n"));
@@ -251,6 +261,7 @@ impl Instance {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -306,6 +317,11 @@ impl Ledgerd {
     /// Sum over partitions of the checkpointed next offsets.
     pub fn checkpointed_total(&self) -> i64 {
         self.metric("ledgerd_checkpointed_offset", &[]) as i64
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn kill9(&mut self) {
@@ -392,4 +408,42 @@ pub fn balances(instance: &Ledgerd, account: &str) -> Option<BTreeMap<String, St
             .map(|(k, v)| (k.clone(), v.as_str().expect("decimal string").to_owned()))
             .collect(),
     )
+}
+
+/// Waits until the checkpointed offsets reported by `instances` add up to every record produced.
+pub fn wait_caught_up(instances: &[&Ledgerd], end: &BTreeMap<i32, i64>, timeout: Duration) {
+    let total: i64 = end.values().sum();
+    let started = Instant::now();
+    wait_until(timeout, "ledgerd to checkpoint every record", || {
+        let seen: i64 = instances.iter().map(|i| i.checkpointed_total()).sum();
+        seen >= total
+    });
+    eprintln!("caught up with {total} records in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// Every expected balance, as served by whichever of `instances` owns the account's partition.
+pub fn assert_balances_exact(instances: &[&Ledgerd], work: &workload::Workload) {
+    let mut wrong = Vec::new();
+    for (account, cents) in &work.expected {
+        let got = instances.iter().find_map(|i| balances(i, account)).unwrap_or_default();
+        let usd = got.get("USD").map(|s| workload::to_cents(s));
+        if usd != Some(*cents) || got.len() != 1 {
+            wrong.push(format!("{account}: expected {cents} cents, got {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} balances wrong, e.g. {:?}",
+        wrong.len(),
+        work.expected.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+/// Dead letters, de-duplicated by their source offset (a crash may re-send an unconfirmed copy).
+pub fn dead_letter_sources(brokers: &str, partitions: i32, dlq: &str) -> HashSet<(String, String)> {
+    read_all(brokers, dlq, partitions)
+        .into_iter()
+        .map(|r| (r.headers["__ledgerd.errors.partition"].clone(), r.headers["__ledgerd.errors.offset"].clone()))
+        .collect()
 }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Restore benchmark, one run against the real broker (tansu): how long a node without local state
+# takes to own a partition, restoring the snapshot versus replaying the partition's whole history.
+#   1. produce EVENTS events over ACCOUNTS accounts (SECONDS_PER_EVENT apart in event time) to a
+#      fresh 1-partition topic;
+#   2. node A processes the history and writes snapshot rounds; it stops once a round covers the end;
+#   3. node B (empty state dir, same group and snapshot topic) restores from the snapshot;
+#   4. node C (empty state dir, new group, empty snapshot topic) replays the whole history;
+#   B and C are timed from process start to every record checkpointed, and both are verified
+#   against the generator's expected balances.
+# Usage: scripts/bench-restore.sh [EVENTS] [ACCOUNTS] [SECONDS_PER_EVENT]
+#   defaults: 10000000 events, 100000 accounts (~100 per account), 10 s apart (the default 7-day
+#   dedupe window then holds ~60k transaction ids, which the snapshot carries).
+# BENCH_PROFILE=dev uses the test build; BENCH_KEEP=1 keeps the work directory.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+EVENTS="${1:-10000000}"
+ACCOUNTS="${2:-100000}"
+SECONDS_PER_EVENT="${3:-10}"
+WORK="$(mktemp -d -t ledgerd-bench-restore.XXXXXX)"
+PIDS=()
+source scripts/bench-common.sh
+TOPIC="restore-$(date +%s)-$$"
+
+echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
+"$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions 1 \
+    --events "$EVENTS" --accounts "$ACCOUNTS" --seconds-per-event "$SECONDS_PER_EVENT" \
+    --expected "$WORK/expected.json" >"$WORK/produce.json"
+TOTAL="$(json "$WORK/produce.json" produced)"
+
+# node NAME GROUP SNAPSHOT_TOPIC INTERVAL: writes a config, starts ledgerd, sets NODE_PID/NODE_URL.
+node() {
+    local name="$1" group="$2" snapshots="$3" interval="$4" port
+    port="$(free_port)"
+    cat >"$WORK/$name.toml" <<TOML
+[kafka]
+bootstrap_servers = "$BROKERS"
+group_id = "$group"
+input_topic = "$TOPIC"
+dlq_topic = "$TOPIC-dlq"
+[state]
+dir = "$WORK/state-$name"
+[snapshot]
+topic = "$snapshots"
+interval = "$interval"
+[http]
+listen = "127.0.0.1:$port"
+[log]
+filter = "info,librdkafka=warn"
+TOML
+    "$BIN/ledgerd" run --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    NODE_URL="http://127.0.0.1:$port"
+}
+
+metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
+
+echo "node A: processing the history and writing snapshots ..."
+node a "g-$TOPIC" "$TOPIC-snapshots" 5s
+"$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >"$WORK/a.json"
+until [[ "$(metric "$NODE_URL" ledgerd_snapshot_offset)" -ge "$TOTAL" ]]; do sleep 1; done
+kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
+
+echo "node B: restoring from the snapshot ..."
+started="$(now)"
+node b "g-$TOPIC" "$TOPIC-snapshots" 1h
+"$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >/dev/null
+RESTORE_SECONDS="$(python3 -c "print($(now) - $started)")"
+RESTORED="$(metric "$NODE_URL" ledgerd_restore_records_total)"
+"$BIN/ledgerd-bench" verify --url "$NODE_URL" --expected "$WORK/expected.json" >"$WORK/verify-b.json"
+kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
+
+echo "node C: replaying the whole history ..."
+started="$(now)"
+node c "g2-$TOPIC" "$TOPIC-snapshots-empty" 1h
+"$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >/dev/null
+REPLAY_SECONDS="$(python3 -c "print($(now) - $started)")"
+"$BIN/ledgerd-bench" verify --url "$NODE_URL" --expected "$WORK/expected.json" >"$WORK/verify-c.json"
+kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
+
+python3 - "$WORK" "$RESTORE_SECONDS" "$REPLAY_SECONDS" "$RESTORED" "$PROFILE" <<'PY'
+import json, sys
+work, restore, replay, restored, profile = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+load = lambda name: json.load(open(f"{work}/{name}.json"))
+produce, b, c = load("produce"), load("verify-b"), load("verify-c")
+print()
+print(f"build profile: {profile}")
+print(f"history: {produce['produced']} records over {produce['accounts']} accounts in one partition")
+print("| measure | value |")
+print("|---|---|")
+print(f"| restore via snapshot ({restored:,.0f} snapshot records read), start to all checkpointed | {restore:.1f}s |")
+print(f"| full replay of the history, start to all checkpointed | {replay:.1f}s |")
+print(f"| replay / restore | {replay / restore:.1f}x |")
+print(f"| balances verified after restore | {b['accounts'] - b['wrong']} / {b['accounts']} exact |")
+print(f"| balances verified after replay | {c['accounts'] - c['wrong']} / {c['accounts']} exact |")
+PY

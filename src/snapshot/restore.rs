@@ -1,0 +1,142 @@
+//! Reading a snapshot partition to its end for a restore.
+//!
+//! The end is found from the fetch response (partition EOF), not only from ListOffsets: some brokers
+//! report a high watermark that is not the end of the partition, and EOF is right on all of them.
+
+use super::codec;
+use super::round::{ForeignSnapshot, RestoreCollector, RestorePlan};
+use crate::config::Config;
+use crate::kafka::{client_config, KafkaContext};
+use crate::metrics::RestoreMetrics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const POLL_WAIT: Duration = Duration::from_millis(100);
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("snapshot partition {partition} offset {offset}: {source}")]
+    Record { partition: i32, offset: i64, source: codec::SnapshotCodecError },
+    #[error(transparent)]
+    Foreign(#[from] ForeignSnapshot),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl RestoreError {
+    /// Errors of the snapshot's content: retrying reads the same records again.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, RestoreError::Record { .. } | RestoreError::Foreign(_))
+    }
+}
+
+/// Reads snapshot partitions and looks up the group's committed input offsets. It never joins the
+/// group and never commits.
+pub struct SnapshotReader {
+    consumer: BaseConsumer<KafkaContext>,
+    snapshot_topic: String,
+    input_topic: String,
+}
+
+/// What reading a snapshot partition found.
+pub struct ReadOutcome {
+    pub plan: Option<RestorePlan>,
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+impl SnapshotReader {
+    pub fn new(config: &Config, context: KafkaContext) -> Result<SnapshotReader, KafkaError> {
+        let consumer = client_config(&config.kafka)
+            // The group id is needed to look up committed offsets; this consumer never subscribes,
+            // so it never joins the group.
+            .set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760")
+            .create_with_context(context)?;
+        Ok(SnapshotReader {
+            consumer,
+            snapshot_topic: config.snapshot.topic.clone(),
+            input_topic: config.kafka.input_topic.clone(),
+        })
+    }
+
+    /// The group's committed input offset for `partition` (`None` when there is none).
+    pub fn committed(&self, partition: i32, timeout: Duration) -> Result<Option<i64>, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.input_topic, partition);
+        let committed = self.consumer.committed_offsets(list, timeout)?;
+        Ok(committed.find_partition(&self.input_topic, partition).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
+    }
+
+    /// Reads snapshot partition `partition` from its beginning to its end.
+    pub fn read(
+        &self,
+        partition: i32,
+        metrics: &RestoreMetrics,
+        cancel: &CancellationToken,
+    ) -> Result<ReadOutcome, RestoreError> {
+        let started = Instant::now();
+        let (_, high) = self.consumer.fetch_watermarks(&self.snapshot_topic, partition, WATERMARK_TIMEOUT)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.snapshot_topic, partition, Offset::Beginning)?;
+        self.consumer.assign(&list)?;
+        let result = self.read_assigned(partition, high, metrics, cancel);
+        let _ = self.consumer.unassign();
+        metrics.remaining.set(0);
+        let (collector, records) = result?;
+        Ok(ReadOutcome { plan: collector.finish(), records, elapsed: started.elapsed() })
+    }
+
+    fn read_assigned(
+        &self,
+        partition: i32,
+        high: i64,
+        metrics: &RestoreMetrics,
+        cancel: &CancellationToken,
+    ) -> Result<(RestoreCollector, u64), RestoreError> {
+        let mut collector = RestoreCollector::new(&self.input_topic, partition);
+        let mut records = 0u64;
+        let mut last_log = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                return Err(RestoreError::Cancelled);
+            }
+            match self.consumer.poll(POLL_WAIT) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok((collector, records)),
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(message)) => {
+                    let offset = message.offset();
+                    let entry = codec::decode(message.key().unwrap_or_default(), message.payload())
+                        .map_err(|source| RestoreError::Record { partition, offset, source })?;
+                    if let Some(entry) = entry {
+                        collector.add(entry)?;
+                    }
+                    records += 1;
+                    metrics.records.inc();
+                    metrics.remaining.set((high - offset - 1).max(0));
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        tracing::info!(partition, records, remaining = (high - offset - 1).max(0), "restoring");
+                        last_log = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The snapshot writer thread: every `snapshot.interval` it writes a round for each owned partition
+//! through an idempotent producer, and keeps `ledgerd_snapshot_age_seconds` current. A failing round
+//! is logged, counted and retried at the next interval; it never blocks processing, which runs on
+//! the consumer thread and only waits for a round when it releases that round's partition.
+
+use super::round::{self, RoundError, SnapshotSink};
+use crate::config::Config;
+use crate::kafka::{client_config, KafkaContext};
+use crate::metrics::{ErrorKind, Metrics, SnapshotMetrics};
+use crate::registry::{PartitionHandle, PartitionRegistry};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often the writer wakes to update snapshot ages and look for due rounds.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Fault injection for the end-to-end tests (the `LEDGERD_TEST_` prefix is never configuration):
+/// the process aborts, like `kill -9`, once this many snapshot records (markers included) were
+/// acknowledged in total; a count that ends inside a round aborts between its records and marker.
+const ABORT_AFTER_RECORDS_VAR: &str = "LEDGERD_TEST_ABORT_SNAPSHOT_AFTER_RECORDS";
+
+/// Sends one partition's round to the snapshot topic's partition of the same number.
+struct KafkaSink<'a> {
+    producer: &'a FutureProducer<KafkaContext>,
+    topic: &'a str,
+    partition: i32,
+    handle: &'a PartitionHandle,
+    in_flight: Vec<DeliveryFuture>,
+    /// Account records acknowledged before the process aborts (tests only).
+    abort_after: &'a mut Option<u64>,
+}
+
+impl SnapshotSink for KafkaSink<'_> {
+    type Error = KafkaError;
+
+    fn send(&mut self, key: &[u8], value: &[u8]) -> Result<(), KafkaError> {
+        loop {
+            let record = FutureRecord::to(self.topic).partition(self.partition).key(key).payload(value);
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.in_flight.push(delivery);
+                    return Ok(());
+                }
+                // The local queue is full: librdkafka drains it in the background.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    fn confirm(&mut self) -> Result<(), KafkaError> {
+        // Waits for every record even after a failure: nothing of this round may still be in
+        // flight when the partition is released to another owner.
+        if self.handle.is_released() {
+            // Whatever is still queued locally must not reach the topic after the partition moved.
+            self.producer.purge(PurgeConfig::default().queue());
+        }
+        let mut first_error = None;
+        let mut acknowledged = 0;
+        for delivery in self.in_flight.drain(..) {
+            let error = match futures::executor::block_on(delivery) {
+                Ok(Ok(_)) => {
+                    acknowledged += 1;
+                    continue;
+                }
+                Ok(Err((error, _))) => error,
+                Err(_) => KafkaError::Canceled,
+            };
+            first_error.get_or_insert(error);
+        }
+        if let Some(left) = self.abort_after.as_mut() {
+            *left = left.saturating_sub(acknowledged);
+            if *left == 0 {
+                tracing::warn!(var = ABORT_AFTER_RECORDS_VAR, "aborting between snapshot records and marker");
+                std::process::abort();
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn abandoned(&self) -> bool {
+        self.handle.is_released()
+    }
+}
+
+pub struct SnapshotWriter {
+    config: Arc<Config>,
+    registry: Arc<PartitionRegistry>,
+    metrics: Metrics,
+    producer: FutureProducer<KafkaContext>,
+    abort_after: std::sync::Mutex<Option<u64>>,
+}
+
+/// Per partition: when its last round completed (or it was assigned) and when to try next.
+struct Schedule {
+    handle: Arc<PartitionHandle>,
+    last_complete: Instant,
+    next_round: Instant,
+    metrics: SnapshotMetrics,
+}
+
+impl SnapshotWriter {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<PartitionRegistry>,
+        context: KafkaContext,
+    ) -> Result<Self, KafkaError> {
+        let metrics = context.metrics.clone();
+        let producer = client_config(&config.kafka)
+            // Idempotence + acks=all: retries never duplicate or reorder a partition's records,
+            // which the restore argument relies on (a round's marker follows its records).
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            // A round fails (and is retried next interval) rather than waiting on a dead broker.
+            .set("message.timeout.ms", "15000")
+            .set("message.max.bytes", (config.snapshot.max_record_size.0 + 4096).to_string())
+            .create_with_context(context)?;
+        let abort_after = std::env::var(ABORT_AFTER_RECORDS_VAR).ok().and_then(|v| v.parse().ok());
+        Ok(SnapshotWriter { config, registry, metrics, producer, abort_after: std::sync::Mutex::new(abort_after) })
+    }
+
+    /// Runs until `shutdown` fires. Blocking: run it on its own thread.
+    pub fn run(self, shutdown: CancellationToken) {
+        let interval = self.config.snapshot.interval;
+        let mut schedules: HashMap<i32, Schedule> = HashMap::new();
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            let handles = self.registry.handles();
+            schedules.retain(|p, s| handles.iter().any(|h| h.partition == *p && Arc::ptr_eq(h, &s.handle)));
+            for handle in handles {
+                let schedule = schedules.entry(handle.partition).or_insert_with(|| Schedule {
+                    metrics: self.metrics.snapshot_for_partition(handle.partition),
+                    handle: Arc::clone(&handle),
+                    last_complete: now,
+                    // A freshly assigned partition writes its first round after one interval, so a
+                    // rebalance storm does not turn into a snapshot storm.
+                    next_round: now + interval,
+                });
+                schedule.metrics.age.set(now.duration_since(schedule.last_complete).as_secs_f64());
+                if now >= schedule.next_round && !shutdown.is_cancelled() {
+                    self.round(schedule);
+                    schedule.next_round = Instant::now() + interval;
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+        if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
+            self.metrics.handled_error(ErrorKind::SnapshotWrite, &e);
+        }
+    }
+
+    fn round(&self, schedule: &mut Schedule) {
+        let handle = Arc::clone(&schedule.handle);
+        let _round = handle.lock_round();
+        if handle.is_released() {
+            return;
+        }
+        let partition = handle.partition;
+        let started = Instant::now();
+        let mut abort_after = self.abort_after.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = KafkaSink {
+            producer: &self.producer,
+            topic: &self.config.snapshot.topic,
+            partition,
+            handle: &handle,
+            in_flight: Vec::new(),
+            abort_after: &mut abort_after,
+        };
+        let window = i64::try_from(self.config.dedupe.window.as_micros()).unwrap_or(i64::MAX);
+        let result = round::write_round(
+            &handle.store,
+            (&self.config.kafka.input_topic, partition),
+            window,
+            self.config.snapshot.max_record_size.0 as usize,
+            &mut sink,
+        );
+        // Whatever happened, nothing of this round may stay in flight (see KafkaSink::confirm).
+        let leftover = sink.confirm();
+        match result {
+            Ok(Some(report)) => {
+                schedule.last_complete = Instant::now();
+                schedule.metrics.records.inc_by(report.marker.accounts_written);
+                schedule.metrics.offset.set(report.marker.complete_through);
+                schedule.metrics.truncated.inc_by(report.truncated);
+                schedule.metrics.complete.inc();
+                tracing::info!(
+                    partition,
+                    complete_through = report.marker.complete_through,
+                    accounts = report.marker.accounts_written,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "snapshot round complete"
+                );
+            }
+            Ok(None) => {
+                // Nothing checkpointed or nothing new since the last round: the snapshot is current.
+                schedule.last_complete = Instant::now();
+            }
+            Err(RoundError::Abandoned) => {
+                schedule.metrics.abandoned.inc();
+                tracing::info!(partition, "snapshot round abandoned: partition released");
+            }
+            Err(e) => {
+                schedule.metrics.failed.inc();
+                self.metrics.handled_error(
+                    ErrorKind::SnapshotWrite,
+                    &format_args!("partition {partition}: {e}; retrying in {:?}", self.config.snapshot.interval),
+                );
+            }
+        }
+        if let Err(e) = leftover {
+            self.metrics.handled_error(ErrorKind::SnapshotWrite, &format_args!("partition {partition}: {e}"));
+        }
+    }
+}
