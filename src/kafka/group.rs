@@ -224,6 +224,7 @@ impl Shared {
         if let Err(e) = list.add_partition_offset(topic, partition, offset) {
             self.metrics.handled_error(ErrorKind::Rebalance, &e);
         }
+        prepared.state.announce();
         let handle = Arc::new(PartitionHandle::new(partition, Arc::clone(prepared.state.store())));
         tracing::info!(
             partition,

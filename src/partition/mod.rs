@@ -60,7 +60,6 @@ impl PartitionState {
         metrics: PartitionMetrics,
     ) -> Result<PartitionState, StoreError> {
         let next_offset = store.stored_next_offset().unwrap_or(start_offset);
-        metrics.checkpointed_offset.set(next_offset);
         let restore_skips = store.restore_skips()?;
         Ok(PartitionState {
             partition,
@@ -76,6 +75,12 @@ impl PartitionState {
             restore_skips,
             metrics,
         })
+    }
+
+    /// Publishes the checkpointed offset, once the partition is really consumed here (a state
+    /// prepared for an assignment that was revoked meanwhile must not show up in the metrics).
+    pub fn announce(&self) {
+        self.metrics.checkpointed_offset.set(self.checkpointed_offset);
     }
 
     pub fn partition(&self) -> i32 {

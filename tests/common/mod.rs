@@ -414,10 +414,17 @@ pub fn balances(instance: &Ledgerd, account: &str) -> Option<BTreeMap<String, St
 pub fn wait_caught_up(instances: &[&Ledgerd], end: &BTreeMap<i32, i64>, timeout: Duration) {
     let total: i64 = end.values().sum();
     let started = Instant::now();
-    wait_until(timeout, "ledgerd to checkpoint every record", || {
+    loop {
         let seen: i64 = instances.iter().map(|i| i.checkpointed_total()).sum();
-        seen >= total
-    });
+        if seen >= total {
+            break;
+        }
+        if started.elapsed() > timeout {
+            let logs: Vec<String> = instances.iter().map(|i| i.log()).collect();
+            panic!("{seen} of {total} records checkpointed after {timeout:?}; logs:\n{}", logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     eprintln!("caught up with {total} records in {:.1}s", started.elapsed().as_secs_f64());
 }
 
