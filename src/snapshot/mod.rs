@@ -34,12 +34,12 @@
 //!
 //! Compaction keeps the newest record per key, which is the highest `v` for an account as long as
 //! rounds of one partition are not written concurrently by two owners. A revoked partition's round
-//! stops at its next record, never writes its marker, purges what it has not yet handed to the
-//! broker, and the revoke waits (up to a few seconds, to stay inside the poll deadline) for it.
-//! Records already in flight then land within the producer's request timeout, while the new owner
-//! writes its first round only a full `snapshot.interval` after it took the partition over, so a
-//! late record cannot overtake a newer one unless the broker holds a request longer than that
-//! interval. Compaction may also remove old markers; the newest one survives. Records of an
+//! stops at its next record and never writes its marker, and the revoke waits (up to a few seconds,
+//! to stay inside the poll deadline) for its records to be acknowledged. Records still queued or in
+//! flight after that land within the producer's delivery timeout, while the new owner writes its
+//! first round only a full `snapshot.interval` after it took the partition over (and after reading
+//! the snapshot to its end), so a late record cannot overtake a newer one unless its delivery takes
+//! longer than that interval. Compaction may also remove old markers; the newest one survives. Records of an
 //! interrupted round that follow the newest marker are harmless for the same reason.
 //!
 //! ## Duplicates after a restore

@@ -9,7 +9,7 @@ use crate::kafka::{client_config, KafkaContext};
 use crate::metrics::{ErrorKind, Metrics, SnapshotMetrics};
 use crate::registry::{PartitionHandle, PartitionRegistry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,10 +57,6 @@ impl SnapshotSink for KafkaSink<'_> {
     fn confirm(&mut self) -> Result<(), KafkaError> {
         // Waits for every record even after a failure: nothing of this round may still be in
         // flight when the partition is released to another owner.
-        if self.handle.is_released() {
-            // Whatever is still queued locally must not reach the topic after the partition moved.
-            self.producer.purge(PurgeConfig::default().queue());
-        }
         let mut first_error = None;
         let mut acknowledged = 0;
         for delivery in self.in_flight.drain(..) {
@@ -119,8 +115,10 @@ impl SnapshotWriter {
             .set("acks", "all")
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
-            // A round fails (and is retried next interval) rather than waiting on a dead broker.
-            .set("message.timeout.ms", "15000")
+            // A round fails (and is retried next interval) rather than waiting on a dead broker
+            // forever. Generous, because an idempotent producer whose messages time out must bump
+            // its epoch, which brokers handle less well than a slow round.
+            .set("message.timeout.ms", "60000")
             .set("message.max.bytes", (config.snapshot.max_record_size.0 + 4096).to_string())
             .create_with_context(context)?;
         let abort_after = std::env::var(ABORT_AFTER_RECORDS_VAR).ok().and_then(|v| v.parse().ok());
