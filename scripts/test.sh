@@ -27,6 +27,13 @@ banner "tansu broker"
 scripts/broker.sh install
 BROKER_DIR="$(mktemp -d -t ledgerd-broker.XXXXXX)"
 cleanup() {
+    local status=$?
+    if [[ $status -ne 0 && -f "$BROKER_DIR/tansu.log" ]]; then
+        # A failing end-to-end test is often the broker's fault (tansu 0.6 has crashed its storage
+        # task under load here): show whether it panicked.
+        echo "--- tansu: $(grep -c panicked "$BROKER_DIR/tansu.log" || true) panics; last lines of its log:" >&2
+        tail -n 20 "$BROKER_DIR/tansu.log" >&2
+    fi
     scripts/broker.sh stop "$BROKER_DIR" || true
     rm -rf "$BROKER_DIR"
 }

@@ -42,6 +42,9 @@ pub struct PartitionState {
     dedupe_window_micros: i64,
     records_since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// Every remembered transaction with an earlier event time is already forgotten (a late event
+    /// older than this is remembered until the next restart resets the floor: storage, not safety).
+    expiry_floor: i64,
     /// After a restore: accounts whose input records below the offset are already in their state.
     restore_skips: HashMap<String, i64>,
     /// The largest offset in `restore_skips`; once the partition reads past it the skips go.
@@ -71,6 +74,7 @@ impl PartitionState {
             dedupe_window_micros: i64::try_from(dedupe_window.as_micros()).unwrap_or(i64::MAX),
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            expiry_floor: i64::MIN,
             restore_skips_until: restore_skips.values().copied().max().unwrap_or(i64::MIN),
             restore_skips,
             metrics,
@@ -185,6 +189,7 @@ impl PartitionState {
             return Ok(None);
         }
         let mut batch = self.store.begin();
+        let mut next_floor = self.expiry_floor;
         self.overlay.write_to(&mut batch, self.next_offset);
         let skips_done = !self.restore_skips.is_empty() && self.next_offset >= self.restore_skips_until;
         if skips_done {
@@ -192,9 +197,11 @@ impl PartitionState {
         }
         if self.watermark_micros != i64::MIN {
             let cutoff = self.watermark_micros.saturating_sub(self.dedupe_window_micros);
-            batch.forget_transactions_before(cutoff, FORGET_PER_CHECKPOINT)?;
+            let (_, floor) = batch.forget_transactions_before(self.expiry_floor, cutoff, FORGET_PER_CHECKPOINT)?;
+            next_floor = floor;
         }
         batch.commit(self.next_offset, self.watermark_micros)?;
+        self.expiry_floor = next_floor;
         self.overlay.clear();
         if skips_done {
             self.restore_skips.clear();

@@ -96,6 +96,12 @@ pub fn expiry_bound(micros: i64) -> Vec<u8> {
     ordered_time(micros).to_vec()
 }
 
+/// The event time an expiry key is filed under.
+pub fn expiry_time(expiry_key: &[u8]) -> Option<i64> {
+    let bytes: [u8; 8] = expiry_key.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
 /// Splits an expiry key back into the `transactions` key it points at.
 pub fn transaction_key_of_expiry(expiry_key: &[u8]) -> Option<&[u8]> {
     expiry_key.get(8..)
@@ -137,6 +143,8 @@ mod tests {
         assert!(expiry(4, "zz", "t") < expiry_bound(5));
         assert!(expiry(5, "a", "t") >= expiry_bound(5));
         assert_eq!(transaction_key_of_expiry(&expiry(9, "a", "t1")).unwrap(), transaction("a", "t1").as_slice());
+        assert_eq!(expiry_time(&expiry(-9, "a", "t1")), Some(-9));
+        assert_eq!(expiry_time(&expiry(i64::MIN, "a", "t1")), Some(i64::MIN));
     }
 
     #[test]

@@ -451,21 +451,35 @@ impl Checkpoint<'_> {
         );
     }
 
-    /// Forgets up to `limit` transactions whose event time is before `cutoff_micros`; returns how many.
-    pub fn forget_transactions_before(&mut self, cutoff_micros: i64, limit: usize) -> Result<usize, StoreError> {
+    /// Forgets up to `limit` transactions whose event time is in `[floor_micros, cutoff_micros)`;
+    /// returns how many, and the floor for the next call. The caller keeps the floor: starting
+    /// the scan there skips the tombstones of everything already forgotten, which would otherwise
+    /// make every pass slower than the last until RocksDB compacts them away.
+    pub fn forget_transactions_before(
+        &mut self,
+        floor_micros: i64,
+        cutoff_micros: i64,
+        limit: usize,
+    ) -> Result<(usize, i64), StoreError> {
         let store = self.store;
         let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(keys::expiry_bound(floor_micros));
         read.set_iterate_upper_bound(keys::expiry_bound(cutoff_micros));
         let mut forgotten = 0;
+        let mut last_time = None;
         for item in store.db.iterator_cf_opt(store.cf(CF_TXN_EXPIRY), read, IteratorMode::Start).take(limit) {
             let (key, _) = item?;
             if let Some(txn_key) = keys::transaction_key_of_expiry(&key) {
                 self.batch.delete_cf(store.cf(CF_TRANSACTIONS), txn_key);
             }
+            last_time = keys::expiry_time(&key);
             self.batch.delete_cf(store.cf(CF_TXN_EXPIRY), &key);
             forgotten += 1;
         }
-        Ok(forgotten)
+        // A full pass leaves nothing below the cutoff; a capped one resumes at the last time seen
+        // (keys of that same time may remain, so not past it).
+        let floor = if forgotten < limit { cutoff_micros } else { last_time.unwrap_or(floor_micros) };
+        Ok((forgotten, floor.max(floor_micros)))
     }
 
     /// Writes everything plus the next offset and watermark in one batch, WAL synced before return.
@@ -616,7 +630,7 @@ mod tests {
         }
         cp.commit(4, 20).unwrap();
         let mut cp = store.begin();
-        assert_eq!(cp.forget_transactions_before(10, 100).unwrap(), 2);
+        assert_eq!(cp.forget_transactions_before(i64::MIN, 10, 100).unwrap(), (2, 10));
         cp.commit(4, 20).unwrap();
         assert!(store.transaction("a", "t0").unwrap().is_none());
         assert!(store.transaction("a", "t1").unwrap().is_none());
