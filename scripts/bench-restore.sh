@@ -21,6 +21,7 @@ SECONDS_PER_EVENT="${3:-10}"
 WORK="$(mktemp -d -t ledgerd-bench-restore.XXXXXX)"
 PIDS=()
 source scripts/bench-common.sh
+now() { date +%s.%N; }
 TOPIC="restore-$(date +%s)-$$"
 
 echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."

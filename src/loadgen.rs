@@ -43,6 +43,10 @@ pub struct Shape {
     /// Event time between consecutive events. Over the dedupe window (7 days by default) this
     /// decides how many transaction ids a snapshot carries.
     pub seconds_per_event: u32,
+    /// Duplicates, conflicting re-uses and reversals target only transactions at most this many
+    /// events old, so they stay inside ledgerd's dedupe window (older ids are forgotten by design
+    /// and a re-delivery of one would be applied again, which the expectation does not model).
+    pub recent_events: usize,
 }
 
 impl Default for Shape {
@@ -55,6 +59,7 @@ impl Default for Shape {
             conflict_rate: 0.001,
             reversal_rate: 0.005,
             seconds_per_event: 1,
+            recent_events: usize::MAX,
         }
     }
 }
@@ -71,6 +76,8 @@ fn cents_text(cents: i128, rng: &mut SmallRng) -> String {
 }
 
 struct Applied {
+    /// The event's position in the stream.
+    index: usize,
     id: String,
     delta: i128,
     fixture: Fixture,
@@ -94,6 +101,8 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
         let ts = at.format(if i % 2 == 0 { "%Y-%m-%dT%H:%M:%SZ" } else { "%Y-%m-%dT%H:%M:%S" }).to_string();
         let roll: f64 = rng.random();
         let past = history.entry(a).or_default();
+        // History is in stream order: the recent transactions are a suffix.
+        let recent = past.partition_point(|p| i - p.index >= shape.recent_events);
 
         if roll < shape.malformed_rate {
             let value = match rng.random_range(0..4) {
@@ -113,15 +122,15 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
             continue;
         }
         let roll = roll - shape.malformed_rate;
-        if roll < shape.duplicate_rate && !past.is_empty() {
-            let pick = rng.random_range(0..past.len());
+        if roll < shape.duplicate_rate && recent < past.len() {
+            let pick = rng.random_range(recent..past.len());
             records.push(past[pick].fixture.clone());
             duplicates += 1;
             continue;
         }
         let roll = roll - shape.duplicate_rate;
-        if roll < shape.conflict_rate && !past.is_empty() {
-            let pick = rng.random_range(0..past.len());
+        if roll < shape.conflict_rate && recent < past.len() {
+            let pick = rng.random_range(recent..past.len());
             let id = &past[pick].id;
             let value = format!(
                 r#"{{"transaction_id":"{id}","timestamp":"{ts}","account_id":"{account}","type":"payment","amount":-1.23,"currency":"USD"}}"#
@@ -132,7 +141,7 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
         }
         let roll = roll - shape.conflict_rate;
         if roll < shape.reversal_rate {
-            if let Some(pick) = past.iter().position(|p| p.reversible) {
+            if let Some(pick) = past[recent..].iter().position(|p| p.reversible).map(|p| p + recent) {
                 let target = past[pick].id.clone();
                 past[pick].reversible = false;
                 let delta = -past[pick].delta;
@@ -142,7 +151,7 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
                 );
                 let fixture = Fixture::json(account, &value);
                 *expected.entry(account.clone()).or_default() += delta;
-                past.push(Applied { id, delta, fixture: fixture.clone(), reversible: false });
+                past.push(Applied { index: i, id, delta, fixture: fixture.clone(), reversible: false });
                 records.push(fixture);
                 applied += 1;
                 continue;
@@ -165,7 +174,7 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
         );
         let fixture = Fixture::json(account, &value);
         *expected.entry(account.clone()).or_default() += delta;
-        past.push(Applied { id, delta, fixture: fixture.clone(), reversible: true });
+        past.push(Applied { index: i, id, delta, fixture: fixture.clone(), reversible: true });
         records.push(fixture);
         applied += 1;
     }

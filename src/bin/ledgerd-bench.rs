@@ -56,6 +56,10 @@ enum Command {
         /// Event time between consecutive events (decides how many ids fall in the dedupe window).
         #[arg(long, default_value_t = 1)]
         seconds_per_event: u32,
+        /// ledgerd's dedupe.window in seconds: duplicates and reversals target transactions within
+        /// half of it, which ledgerd must still recognise (restores included).
+        #[arg(long, default_value_t = 7 * 86_400)]
+        dedupe_window_secs: u64,
         /// Where to write the expected balances (JSON: account -> decimal string).
         #[arg(long)]
         expected: PathBuf,
@@ -95,10 +99,19 @@ fn main() -> anyhow::Result<()> {
             duplicate_rate,
             malformed_rate,
             seconds_per_event,
+            dedupe_window_secs,
             expected,
         } => {
-            let shape =
-                Shape { events, accounts, duplicate_rate, malformed_rate, seconds_per_event, ..Shape::default() };
+            let recent_events = (dedupe_window_secs / 2 / u64::from(seconds_per_event.max(1))) as usize;
+            let shape = Shape {
+                events,
+                accounts,
+                duplicate_rate,
+                malformed_rate,
+                seconds_per_event,
+                recent_events,
+                ..Shape::default()
+            };
             produce(&target, seed, &shape, &expected)
         }
         Command::Drain { target } => drain(&target),
