@@ -53,6 +53,9 @@ cargo clippy --all-targets -- -D warnings
 # Plain `cargo test` runs unit, integration and doc tests; --all-targets would
 # skip the doc tests.
 banner "cargo test"
-cargo test "$@"
+# One test at a time: the end-to-end tests start several ledgerd processes each against one
+# tansu broker on a small machine, and two such tests at once starved the broker's group
+# coordinator (sessions timing out, partitions churning) rather than testing ledgerd.
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}" cargo test "$@"
 
 banner "all checks passed"
