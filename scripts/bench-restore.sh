@@ -56,32 +56,43 @@ TOML
     NODE_URL="http://127.0.0.1:$port"
 }
 
-metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
+# Sum of a metric's series, as an integer (awk would print large sums as 1e+07).
+metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%d\n", s}'; }
+
+# timed_node NAME GROUP SNAPSHOT_TOPIC: starts a node without state, times it from start to every
+# record checkpointed (ELAPSED), notes the snapshot records it restored (RESTORED), verifies its
+# balances into verify-NAME.json, and stops it.
+timed_node() {
+    local name="$1" started
+    started="$(now)"
+    node "$name" "$2" "$3" 1h
+    "$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >/dev/null
+    ELAPSED="$(python3 -c "print($(now) - $started)")"
+    RESTORED="$(metric "$NODE_URL" ledgerd_restore_records_total)"
+    "$BIN/ledgerd-bench" verify --url "$NODE_URL" --expected "$WORK/expected.json" >"$WORK/verify-$name.json"
+    kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
+}
 
 echo "node A: processing the history and writing snapshots ..."
 node a "g-$TOPIC" "$TOPIC-snapshots" 5s
 "$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >"$WORK/a.json"
-until [[ "$(metric "$NODE_URL" ledgerd_snapshot_offset)" -ge "$TOTAL" ]]; do sleep 1; done
+deadline=$((SECONDS + 600))
+until [[ "$(metric "$NODE_URL" ledgerd_snapshot_offset)" -ge "$TOTAL" ]]; do
+    if ((SECONDS > deadline)); then echo "no snapshot round covered the input within 600s" >&2; exit 1; fi
+    sleep 1
+done
 kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
 
 echo "node B: restoring from the snapshot ..."
-started="$(now)"
-node b "g-$TOPIC" "$TOPIC-snapshots" 1h
-"$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >/dev/null
-RESTORE_SECONDS="$(python3 -c "print($(now) - $started)")"
-RESTORED="$(metric "$NODE_URL" ledgerd_restore_records_total)"
-"$BIN/ledgerd-bench" verify --url "$NODE_URL" --expected "$WORK/expected.json" >"$WORK/verify-b.json"
-kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
+timed_node b "g-$TOPIC" "$TOPIC-snapshots"
+RESTORE_SECONDS="$ELAPSED"
+RESTORED_RECORDS="$RESTORED"
 
 echo "node C: replaying the whole history ..."
-started="$(now)"
-node c "g2-$TOPIC" "$TOPIC-snapshots-empty" 1h
-"$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >/dev/null
-REPLAY_SECONDS="$(python3 -c "print($(now) - $started)")"
-"$BIN/ledgerd-bench" verify --url "$NODE_URL" --expected "$WORK/expected.json" >"$WORK/verify-c.json"
-kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
+timed_node c "g2-$TOPIC" "$TOPIC-snapshots-empty"
+REPLAY_SECONDS="$ELAPSED"
 
-python3 - "$WORK" "$RESTORE_SECONDS" "$REPLAY_SECONDS" "$RESTORED" "$PROFILE" <<'PY'
+python3 - "$WORK" "$RESTORE_SECONDS" "$REPLAY_SECONDS" "$RESTORED_RECORDS" "$PROFILE" <<'PY'
 import json, sys
 work, restore, replay, restored, profile = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 load = lambda name: json.load(open(f"{work}/{name}.json"))

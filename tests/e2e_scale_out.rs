@@ -16,16 +16,6 @@ const READY: Duration = Duration::from_secs(120);
 const READY_AFTER_KILL: Duration = Duration::from_secs(180);
 const CATCH_UP: Duration = Duration::from_secs(300);
 
-fn fixtures(work: &workload::Workload) -> Vec<Fixture> {
-    work.records.iter().map(|r| Fixture::json(&r.key, &r.value)).collect()
-}
-
-fn add(end: &mut BTreeMap<i32, i64>, more: BTreeMap<i32, i64>) {
-    for (p, o) in more {
-        end.insert(p, o);
-    }
-}
-
 /// Records an instance processed, whatever their outcome.
 fn processed(instance: &Ledgerd) -> f64 {
     instance.metric("ledgerd_events_total", &[])
@@ -39,9 +29,13 @@ fn wait_snapshotted(instance: &Ledgerd, end: &BTreeMap<i32, i64>) {
     });
 }
 
-/// Splits `work`'s records in two at `at`; the second half's workload keeps the full expectation.
-fn first(work: &workload::Workload, at: usize) -> Vec<Fixture> {
-    fixtures(work)[..at].to_vec()
+/// Starts an instance and waits until it has processed and snapshotted everything up to `end`.
+fn spawn_snapshotted(settings: &Instance, end: &BTreeMap<i32, i64>) -> Ledgerd {
+    let mut node = settings.spawn();
+    node.wait_ready(READY);
+    wait_caught_up(&[&node], end, CATCH_UP);
+    wait_snapshotted(&node, end);
+    node
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,20 +44,18 @@ async fn a_node_without_state_restores_the_snapshot_and_replays_only_the_tail() 
     let input = unique("restore");
     create_topic(&brokers, &input, 2).await;
     let work = workload::generate(31, &Shape { events: 30_000, accounts: 2_000, ..Shape::default() });
+    let records = Fixture::from_workload(&work);
     let history = 28_000;
-    let mut end = produce(&brokers, &input, &first(&work, history)).await;
+    let mut end = produce(&brokers, &input, &records[..history]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Instance::new(&brokers, &input, &dir.path().join("a"));
     settings.snapshot_interval = "1s";
-    let mut a = settings.spawn();
-    a.wait_ready(READY);
-    wait_caught_up(&[&a], &end, CATCH_UP);
-    wait_snapshotted(&a, &end);
+    let mut a = spawn_snapshotted(&settings, &end);
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
 
     // The tail arrives while no instance runs; a new node with an empty state directory takes over.
-    add(&mut end, produce(&brokers, &input, &fixtures(&work)[history..]).await);
+    end.extend(produce(&brokers, &input, &records[history..]).await);
     settings.state_dir = dir.path().join("b");
     let mut b = settings.spawn();
     b.wait_ready(READY);
@@ -75,10 +67,9 @@ async fn a_node_without_state_restores_the_snapshot_and_replays_only_the_tail() 
     assert!(b.log().contains("partition restored from snapshot"), "{}", b.log());
 
     // Re-deliveries of transactions applied long before the restore point are still duplicates.
-    let again: Vec<Fixture> = fixtures(&work)[..500].to_vec();
     let before = b.metric("ledgerd_events_total", &["outcome=\"duplicate\""]);
     let dead_before = b.metric("ledgerd_events_total", &["outcome=\"dead_lettered\""]);
-    add(&mut end, produce(&brokers, &input, &again).await);
+    end.extend(produce(&brokers, &input, &records[..500]).await);
     wait_caught_up(&[&b], &end, CATCH_UP);
     let duplicates = b.metric("ledgerd_events_total", &["outcome=\"duplicate\""]) - before;
     let dead = b.metric("ledgerd_events_total", &["outcome=\"dead_lettered\""]) - dead_before;
@@ -95,21 +86,19 @@ async fn a_round_interrupted_between_records_and_marker_still_restores_exactly()
     let input = unique("interrupted");
     create_topic(&brokers, &input, 1).await;
     let work = workload::generate(32, &Shape { events: 12_000, accounts: 400, ..Shape::default() });
-    let mut end = produce(&brokers, &input, &first(&work, 6_000)).await;
+    let records = Fixture::from_workload(&work);
+    let mut end = produce(&brokers, &input, &records[..6_000]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Instance::new(&brokers, &input, &dir.path().join("a"));
     settings.snapshot_interval = "1s";
-    let mut a = settings.spawn();
-    a.wait_ready(READY);
-    wait_caught_up(&[&a], &end, CATCH_UP);
-    wait_snapshotted(&a, &end);
+    let mut a = spawn_snapshotted(&settings, &end);
     let written = a.metric("ledgerd_snapshot_records_total", &[]) as u64;
     let markers = a.metric("ledgerd_snapshot_rounds_total", &["result=\"complete\""]) as u64;
     a.kill9();
 
     // The next instance aborts after 50 records of its first round: records without a marker.
-    add(&mut end, produce(&brokers, &input, &fixtures(&work)[6_000..]).await);
+    end.extend(produce(&brokers, &input, &records[6_000..]).await);
     let mut crashing = settings.clone();
     crashing.env = vec![("LEDGERD_TEST_ABORT_SNAPSHOT_AFTER_RECORDS".into(), "50".into())];
     let mut a2 = crashing.spawn();
@@ -133,7 +122,7 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
     let input = unique("group");
     create_topic(&brokers, &input, PARTITIONS).await;
     let work = workload::generate(33, &Shape { events: 200_000, accounts: 5_000, ..Shape::default() });
-    let records = fixtures(&work);
+    let records = Fixture::from_workload(&work);
     let quarter = records.len() / 4;
 
     let dir = tempfile::tempdir().unwrap();
@@ -157,20 +146,20 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
     // A fourth joins.
     let mut fourth = node(3).spawn();
     fourth.wait_ready(READY);
-    add(&mut end, produce(&brokers, &input, &records[quarter..2 * quarter]).await);
+    end.extend(produce(&brokers, &input, &records[quarter..2 * quarter]).await);
 
     // Two leave.
     for mut leaving in nodes.drain(..2) {
         assert_eq!(leaving.terminate().code(), Some(0), "{}", leaving.log());
     }
-    add(&mut end, produce(&brokers, &input, &records[2 * quarter..3 * quarter]).await);
+    end.extend(produce(&brokers, &input, &records[2 * quarter..3 * quarter]).await);
 
     // One is killed, loses its disk, and comes back.
     let mut survivor = nodes.pop().unwrap();
     survivor.kill9();
     std::fs::remove_dir_all(dir.path().join("n2")).unwrap();
     let mut reborn = node(2).spawn();
-    add(&mut end, produce(&brokers, &input, &records[3 * quarter..]).await);
+    end.extend(produce(&brokers, &input, &records[3 * quarter..]).await);
     reborn.wait_ready(READY_AFTER_KILL);
     fourth.wait_ready(READY_AFTER_KILL);
 

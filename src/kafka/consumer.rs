@@ -142,18 +142,10 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
         InputFormat::Auto => content_type(message),
         _ => None,
     };
-    if let Some(key) = message.key() {
-        // Covers records that do not decode too: their dead letters were confirmed by the owner
-        // whose state the snapshot holds.
-        if entry.state.in_snapshot(key, message.offset()) {
-            entry.state.skip_in_snapshot(message.offset());
-            return entry.state.reached_max_records(max_records);
-        }
-    }
     let decoded = input::decode(format, message.key(), message.payload(), content_type);
     let mut backoff = Duration::from_millis(50);
     let disposition = loop {
-        match entry.state.process(message.offset(), &decoded) {
+        match entry.state.process(message.offset(), message.key(), &decoded) {
             Ok(disposition) => break disposition,
             Err(e) => {
                 shared.metrics.handled_error(

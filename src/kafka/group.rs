@@ -245,10 +245,14 @@ impl Shared {
     /// Deletes the state of partitions released longer than `state.release_grace` ago.
     pub fn delete_released_state(&self) {
         let grace = self.config.state.release_grace;
+        // on_assign takes a partition out of `released`, so none here should be in use; checked
+        // anyway, because deleting a live partition's state would lose data. Read before locking
+        // `released`, so no two of these locks are ever held together.
+        let in_use: Vec<i32> = self.owned().keys().chain(self.pending().keys()).copied().collect();
         let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
         let due: Vec<i32> = released.iter().filter(|(_, since)| since.elapsed() >= grace).map(|(p, _)| *p).collect();
         for partition in due {
-            if self.owned().contains_key(&partition) || self.pending().contains_key(&partition) {
+            if in_use.contains(&partition) {
                 released.remove(&partition);
                 continue;
             }

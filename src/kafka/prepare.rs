@@ -63,24 +63,21 @@ fn prepare(
     let local = store.stored_next_offset();
     let reader = SnapshotReader::new(&shared.config, KafkaContext { metrics: shared.metrics.clone() })
         .map_err(|e| PrepareError::Fatal(format!("cannot create the snapshot reader: {e}")))?;
-    let committed = match local {
-        None => None,
-        Some(_) => reader.committed(partition, COMMITTED_TIMEOUT).unwrap_or_else(|e| {
-            // Without the committed offset staleness cannot be told; the local state is still exact.
-            shared.metrics.handled_error(
-                ErrorKind::Restore,
-                &format_args!("partition {partition}: cannot read the group's committed offset: {e}"),
-            );
-            None
-        }),
-    };
-    if let (Some(local), Some(committed)) = (local, committed) {
-        if committed <= local {
-            return Ok((state(shared, partition, store)?, "state"));
+    if let Some(local) = local {
+        match reader.committed(partition, COMMITTED_TIMEOUT) {
+            Ok(Some(committed)) if committed > local => {
+                tracing::info!(partition, local, committed, "local state is behind the group; checking the snapshot");
+            }
+            Ok(_) => return Ok((state(shared, partition, store)?, "state")),
+            Err(e) => {
+                // Without the committed offset staleness cannot be told; the local state is exact.
+                shared.metrics.handled_error(
+                    ErrorKind::Restore,
+                    &format_args!("partition {partition}: cannot read the group's committed offset: {e}"),
+                );
+                return Ok((state(shared, partition, store)?, "state"));
+            }
         }
-        tracing::info!(partition, local, committed, "local state is behind the group; checking the snapshot");
-    } else if local.is_some() {
-        return Ok((state(shared, partition, store)?, "state"));
     }
 
     let outcome = read_snapshot(shared, &reader, partition, cancel)?;

@@ -107,7 +107,7 @@ impl PartitionState {
     /// Whether the record of `account` at `offset` is already reflected in the snapshot the
     /// partition was restored from. Such records are skipped, dead letters included: the previous
     /// owner confirmed those before the checkpoint the snapshot was read from.
-    pub fn in_snapshot(&self, account: &[u8], offset: i64) -> bool {
+    fn in_snapshot(&self, account: &[u8], offset: i64) -> bool {
         if offset >= self.restore_skips_until {
             return false;
         }
@@ -115,26 +115,23 @@ impl PartitionState {
         self.restore_skips.get(account).is_some_and(|valid_through| offset < *valid_through)
     }
 
-    /// Counts a record skipped because it is in the restored snapshot, and moves past it.
-    pub fn skip_in_snapshot(&mut self, offset: i64) -> Disposition {
-        self.metrics.in_snapshot.inc();
-        self.next_offset = offset + 1;
-        self.records_since_checkpoint += 1;
-        Disposition::InSnapshot
-    }
-
-    /// Applies the record at `offset`. A storage error leaves the state as it was (the reducer reads
-    /// before it writes), so the caller may retry the same record.
+    /// Applies the record at `offset` with record key `key`. A storage error leaves the state as it
+    /// was (the reducer reads before it writes), so the caller may retry the same record.
     pub fn process(
         &mut self,
         offset: i64,
+        key: Option<&[u8]>,
         decoded: &Result<TransactionEvent, Rejection>,
     ) -> Result<Disposition, StoreError> {
+        // The record's account: the event's, or for a record that does not decode, its key (the
+        // two agree whenever both exist; validation rejects a mismatch).
+        let account = match decoded {
+            Ok(event) => Some(event.account_id.as_bytes()),
+            Err(_) => key,
+        };
         let disposition = match decoded {
+            _ if account.is_some_and(|a| self.in_snapshot(a, offset)) => Disposition::InSnapshot,
             Err(rejection) => Disposition::DeadLetter(rejection.clone()),
-            Ok(event) if self.in_snapshot(event.account_id.as_bytes(), offset) => {
-                return Ok(self.skip_in_snapshot(offset));
-            }
             Ok(event) => {
                 let mut view = View { store: &self.store, overlay: &mut self.overlay };
                 match ledger::apply(&mut view, event)? {
@@ -150,8 +147,7 @@ impl PartitionState {
         match &disposition {
             Disposition::Applied => self.metrics.applied.inc(),
             Disposition::Duplicate => self.metrics.duplicate.inc(),
-            // Counted by skip_in_snapshot, which returned above.
-            Disposition::InSnapshot => {}
+            Disposition::InSnapshot => self.metrics.in_snapshot.inc(),
             Disposition::DeadLetter(r) => self.metrics.dead_lettered(r.reason),
         }
         self.next_offset = offset + 1;
@@ -219,7 +215,6 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ByteSize, StateConfig};
     use crate::input::{decode, InputFormat};
     use crate::ledger::{Currency, RejectReason};
     use crate::metrics::Metrics;
@@ -245,35 +240,33 @@ mod tests {
     #[test]
     fn only_checkpointed_work_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let env = StoreEnv::new(&StateConfig {
-            dir: dir.path().to_owned(),
-            block_cache_size: ByteSize(8 << 20),
-            write_buffer_size: ByteSize(4 << 20),
-            release_grace: Duration::from_secs(600),
-        })
-        .unwrap();
+        let env = crate::store::test_env(dir.path());
         {
             let mut state = open(&env);
-            assert_eq!(state.process(0, &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap(), Disposition::Applied);
             assert_eq!(
-                state.process(1, &seed("987654321", "-1299.00", "2024-03-11T15:57:09")).unwrap(),
+                state.process(0, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap(),
+                Disposition::Applied
+            );
+            assert_eq!(
+                state.process(1, Some(b"6ad87cf1"), &seed("987654321", "-1299.00", "2024-03-11T15:57:09")).unwrap(),
                 Disposition::Applied
             );
             // Overlay reads: the conflicting reuse is seen before any checkpoint.
-            let third = state.process(2, &seed("987654321", "-879.00", "2024-03-13T09:17:28")).unwrap();
+            let third =
+                state.process(2, Some(b"6ad87cf1"), &seed("987654321", "-879.00", "2024-03-13T09:17:28")).unwrap();
             assert!(matches!(third, Disposition::DeadLetter(r) if r.reason == RejectReason::ConflictingDuplicate));
             assert_eq!(usd_balance(&state), None, "nothing is visible before the checkpoint");
             assert_eq!(state.checkpoint().unwrap(), Some(3));
             assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
             // Work after the checkpoint is lost with the process, and will be re-read from offset 3.
-            state.process(3, &seed("p9", "-1.00", "2024-03-14T00:00:00")).unwrap();
+            state.process(3, Some(b"6ad87cf1"), &seed("p9", "-1.00", "2024-03-14T00:00:00")).unwrap();
         }
         let mut state = open(&env);
         assert_eq!(state.next_offset(), 3);
         assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
         // After the restart the stored ids still dedupe.
         assert_eq!(
-            state.process(3, &seed("987654321", "-1299.00", "2024-03-11T15:57:09")).unwrap(),
+            state.process(3, Some(b"6ad87cf1"), &seed("987654321", "-1299.00", "2024-03-11T15:57:09")).unwrap(),
             Disposition::Duplicate
         );
         assert_eq!(state.checkpoint().unwrap(), Some(4));

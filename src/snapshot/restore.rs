@@ -7,7 +7,7 @@ use super::codec;
 use super::round::{ForeignSnapshot, RestoreCollector, RestorePlan};
 use crate::config::Config;
 use crate::kafka::{client_config, KafkaContext};
-use crate::metrics::RestoreMetrics;
+use crate::metrics::{ErrorKind, RestoreMetrics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -96,7 +96,10 @@ impl SnapshotReader {
         list.add_partition_offset(&self.snapshot_topic, partition, Offset::Beginning)?;
         self.consumer.assign(&list)?;
         let result = self.read_assigned(partition, high, metrics, cancel);
-        let _ = self.consumer.unassign();
+        if let Err(e) = self.consumer.unassign() {
+            // Harmless for the result (the next assign replaces the assignment), but visible.
+            self.consumer.context().metrics.handled_error(ErrorKind::Restore, &format_args!("unassign: {e}"));
+        }
         metrics.remaining.set(0);
         let (collector, records) = result?;
         Ok(ReadOutcome { plan: collector.finish(), records, elapsed: started.elapsed() })

@@ -523,22 +523,24 @@ pub fn all_balances(store: &PartitionStore) -> Result<Vec<(String, Currency, Amo
     Ok(out)
 }
 
+/// A small store environment in `dir`, for tests across the crate.
+#[cfg(test)]
+pub(crate) fn test_env(dir: &Path) -> StoreEnv {
+    use crate::config::ByteSize;
+    StoreEnv::new(&StateConfig {
+        dir: dir.to_owned(),
+        block_cache_size: ByteSize(8 << 20),
+        write_buffer_size: ByteSize(4 << 20),
+        release_grace: std::time::Duration::from_secs(600),
+    })
+    .expect("a temp dir takes a store")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
     use crate::ledger::EventKind;
-    use std::time::Duration;
-
-    fn env(dir: &Path) -> StoreEnv {
-        StoreEnv::new(&StateConfig {
-            dir: dir.to_owned(),
-            block_cache_size: ByteSize(8 << 20),
-            write_buffer_size: ByteSize(4 << 20),
-            release_grace: Duration::from_secs(600),
-        })
-        .unwrap()
-    }
+    use test_env as env;
 
     fn usd() -> Currency {
         Currency::parse("USD").unwrap()
