@@ -112,8 +112,9 @@ async fn resumes_after_kill_9_without_losing_or_double_applying() {
         let started = Instant::now();
         ledgerd.wait_ready(READY_AFTER_KILL);
         eprintln!("restart {kills}: ready after {:.1}s", started.elapsed().as_secs_f64());
-        wait_until(CATCH_UP, "progress before the kill", || ledgerd.checkpointed_total() as f64 >= mark * total as f64);
-        ledgerd.kill9();
+        ledgerd
+            .wait_for(CATCH_UP, "progress before the kill", |l| l.checkpointed_total() as f64 >= mark * total as f64);
+        ledgerd.kill9_and_outlive_session();
         kills += 1;
     }
     assert!(kills >= 5);
@@ -146,7 +147,7 @@ async fn two_instances_share_partitions_and_hand_over_on_stop() {
     // Stopping one instance moves its partitions to the other, which resumes from its own state
     // for partitions it never had (here: from the beginning) without double-applying.
     assert!(b.terminate().success(), "log:\n{}", b.log());
-    wait_until(READY, "the survivor to own every partition", || {
+    a.wait_for(READY, "the survivor to own every partition", |a| {
         a.metric("ledgerd_assigned_partitions", &[]) == PARTITIONS as f64
     });
     wait_caught_up(&[&a], &end, CATCH_UP);

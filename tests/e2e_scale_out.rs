@@ -5,8 +5,8 @@ mod common;
 
 use common::workload::{self, Shape};
 use common::{
-    assert_balances_exact, brokers, create_topic, dead_letter_sources, produce, unique, wait_caught_up, wait_until,
-    Fixture, Instance, Ledgerd,
+    assert_balances_exact, brokers, create_topic, dead_letter_sources, outlive_dead_session, produce, unique,
+    wait_caught_up, wait_until, Fixture, Instance, Ledgerd,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,8 +24,8 @@ fn processed(instance: &Ledgerd) -> f64 {
 /// Waits until every partition's last complete snapshot round covers every record produced.
 fn wait_snapshotted(instance: &Ledgerd, end: &BTreeMap<i32, i64>) {
     let total: i64 = end.values().sum();
-    wait_until(Duration::from_secs(120), "a snapshot round through the end of the input", || {
-        instance.metric("ledgerd_snapshot_offset", &[]) as i64 >= total
+    instance.wait_for(Duration::from_secs(120), "a snapshot round through the end of the input", |i| {
+        i.metric("ledgerd_snapshot_offset", &[]) as i64 >= total
     });
 }
 
@@ -95,7 +95,7 @@ async fn a_round_interrupted_between_records_and_marker_still_restores_exactly()
     let mut a = spawn_snapshotted(&settings, &end);
     let written = a.metric("ledgerd_snapshot_records_total", &[]) as u64;
     let markers = a.metric("ledgerd_snapshot_rounds_total", &["result=\"complete\""]) as u64;
-    a.kill9();
+    a.kill9_and_outlive_session();
 
     // The next instance aborts after 50 records of its first round: records without a marker.
     end.extend(produce(&brokers, &input, &records[6_000..]).await);
@@ -106,6 +106,7 @@ async fn a_round_interrupted_between_records_and_marker_still_restores_exactly()
     wait_until(Duration::from_secs(120), "the snapshot round to be interrupted", || !a2.is_running());
     assert!(a2.log().contains("aborting between snapshot records and marker"), "{}", a2.log());
     assert!(written > 0 && markers > 0);
+    outlive_dead_session();
 
     settings.state_dir = dir.path().join("b");
     let mut b = settings.spawn();
@@ -156,7 +157,7 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
 
     // One is killed, loses its disk, and comes back.
     let mut survivor = nodes.pop().unwrap();
-    survivor.kill9();
+    survivor.kill9_and_outlive_session();
     std::fs::remove_dir_all(dir.path().join("n2")).unwrap();
     let mut reborn = node(2).spawn();
     end.extend(produce(&brokers, &input, &records[3 * quarter..]).await);

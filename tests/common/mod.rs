@@ -217,7 +217,7 @@ impl Instance {
             // as max.poll.interval.ms (default 300 s), for members that never rejoin: bound it too.
             // ledgerd polls at least every 100 ms, so 10 s is ample.
             extra_properties: vec![
-                ("session.timeout.ms".into(), "6000".into()),
+                ("session.timeout.ms".into(), SESSION_TIMEOUT.as_millis().to_string()),
                 ("heartbeat.interval.ms".into(), "500".into()),
                 ("max.poll.interval.ms".into(), "10000".into()),
             ],
@@ -270,6 +270,21 @@ impl Instance {
     }
 }
 
+/// The group session timeout of test instances: how long the coordinator keeps a killed member.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Waits until the coordinator has surely expired the session of a member that died without
+/// leaving (`kill -9`, abort), before a test starts a replacement.
+///
+/// This works around a tansu 0.6 coordinator bug (seen in CI, reproduced locally about one run in
+/// four): a member that joins while the dead one is still in the group can get the dead member as
+/// leader; the coordinator then drops the expired leader while answering the new member's
+/// SyncGroup (with an empty assignment) and never starts another rebalance, so the new member
+/// heartbeats successfully with no partitions for ever. Kafka rebalances there.
+pub fn outlive_dead_session() {
+    std::thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -314,6 +329,16 @@ impl Ledgerd {
             .sum()
     }
 
+    /// Like [`wait_until`], but a timeout panics with this process's log tail: a stalled
+    /// process is diagnosed from what it logged, not from the timeout alone.
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut condition: impl FnMut(&Ledgerd) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !condition(self) {
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sum over partitions of the checkpointed next offsets.
     pub fn checkpointed_total(&self) -> i64 {
         self.metric("ledgerd_checkpointed_offset", &[]) as i64
@@ -329,6 +354,12 @@ impl Ledgerd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `kill -9`, then [`outlive_dead_session`]: for tests that start a replacement.
+    pub fn kill9_and_outlive_session(&mut self) {
+        self.kill9();
+        outlive_dead_session();
     }
 
     /// SIGTERM, then waits for the exit status.
