@@ -11,6 +11,17 @@
 #   TANSU_VERSION          version to install (default 0.6.0)
 #   BROKER_START_TIMEOUT   seconds to wait for the broker to answer (default 60)
 #   RUST_LOG               passed to tansu (default warn: it is chatty at info)
+#   TANSU_STORAGE          sqlite (default: survives kill -9 and restarts) or memory (faster,
+#                          lost on restart, and broken for ledgerd: a fetch from an offset inside
+#                          a record batch returns nothing, so a consumer resuming mid-batch skips
+#                          the rest of that batch; found by the kill -9 test)
+#   TANSU_MAINTENANCE      how often the sqlite engine runs retention and compaction (default
+#                          1day, tansu's own default is 10m). Each run is a set of queries over
+#                          every stored record: with a few hundred thousand records it kept tansu
+#                          at 100% CPU for minutes, and every client's requests waited (heartbeats
+#                          timed out, produce round trips took 10+ s). Tests and benchmarks are
+#                          shorter than a day, so no compaction happens during them; ledgerd's
+#                          snapshot restore is exact with or without it (see docs/snapshots.md).
 # tansu also reads CLUSTER_ID, LISTENER_URL, STORAGE_ENGINE etc. from the
 # environment; every one that matters is passed as a flag, which wins.
 set -euo pipefail
@@ -85,6 +96,13 @@ cmd_start() {
         return 0
     fi
 
+    local storage_url
+    case "${TANSU_STORAGE:-sqlite}" in
+        sqlite) storage_url="sqlite://tansu.db?maintenance_interval=${TANSU_MAINTENANCE:-1day}" ;;
+        memory) storage_url="memory://tansu/" ;;
+        *) die "TANSU_STORAGE must be sqlite or memory, not '${TANSU_STORAGE}'" ;;
+    esac
+
     # tansu reads its settings from the environment as well as from flags;
     # flags win, and every one that matters is given here. The SQLite file is
     # resolved against the working directory, hence the cd.
@@ -94,7 +112,7 @@ cmd_start() {
             --cluster-id ledgerd-test \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
-            --storage-engine "sqlite://tansu.db"
+            --storage-engine "$storage_url"
     ) >"$dir/tansu.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$dir/tansu.pid"
