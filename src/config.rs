@@ -121,7 +121,8 @@ pub struct CheckpointConfig {
     /// Checkpoint each partition at least this often while it has unapplied work.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// ...or as soon as this many records were consumed since its last checkpoint.
+    /// ...or as soon as this many records were consumed since its last checkpoint. While a
+    /// checkpoint waits for its dead letters, at most this many more are processed.
     pub max_records: u64,
 }
 

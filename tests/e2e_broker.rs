@@ -80,6 +80,30 @@ async fn seed_events_give_3701_and_120_with_the_reused_id_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_bad_record_too_large_for_the_dlq_is_dead_lettered_without_its_value() {
+    // Larger than the dead-letter producer's message.max.bytes (1,000,000) once headers are added.
+    let oversized = Fixture { key: Some("big".into()), value: vec![b'x'; 1_200_000], headers: Vec::new() };
+    let records = vec![oversized, seed("d1", "2024-01-01T09:00:00", "big", "deposit", "100")];
+    let (input, end) = topic_with(&records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Instance::new(&brokers(), &input, &dir.path().join("a"));
+    let mut ledgerd = settings.spawn();
+    ledgerd.wait_ready(READY);
+    wait_caught_up(&[&ledgerd], &end, CATCH_UP);
+
+    assert_eq!(balances(&ledgerd, "big").unwrap()["USD"], "100", "the partition went on");
+    let dead = read_all(&brokers(), &settings.dlq, PARTITIONS);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0];
+    assert_eq!(letter.headers["__ledgerd.errors.reason"], "malformed_json");
+    assert!(letter.headers["__ledgerd.errors.value_omitted"].starts_with("1200000 bytes"), "{:?}", letter.headers);
+    assert_eq!(letter.value, None);
+    assert_eq!(letter.key.as_deref(), Some(&b"big"[..]));
+    assert_eq!(letter.headers["__ledgerd.errors.offset"], "0");
+    assert!(ledgerd.terminate().success(), "log:\n{}", ledgerd.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn generated_stream_balances_equal_an_independent_sum() {
     let work = workload::generate(11, &Shape::default());
     let (input, end) = topic_with(&Fixture::from_workload(&work)).await;

@@ -5,7 +5,7 @@
 //! partition's state is never touched concurrently and blocking here never stalls a tokio worker.
 
 use super::dead_letter::DeadLetterProducer;
-use super::group::{GroupContext, Shared};
+use super::group::{GroupContext, LetterWait, Shared};
 use super::{client_config, KafkaContext};
 use crate::config::Config;
 use crate::input::{self, InputFormat};
@@ -162,7 +162,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
     };
     if let Disposition::DeadLetter(rejection) = disposition {
         tracing::debug!(partition = message.partition(), offset = message.offset(), reason = %rejection.reason, "dead-lettering record");
-        entry.in_flight.push(shared.dead_letters.send(message, &rejection));
+        entry.letters.push(shared.dead_letters.send(message, &rejection));
     }
     entry.state.reached_max_records(max_records)
 }
@@ -181,10 +181,18 @@ fn checkpoint_due(
     let mut owned = shared.owned();
     let mut committed = Vec::new();
     for (partition, entry) in owned.iter_mut() {
-        if entry.state.checkpoint_due(now, interval, max_records) {
-            if let Some(next) = shared.checkpoint(entry) {
-                committed.push((*partition, next));
-            }
+        let mut written = None;
+        if entry.state.has_sealed() && entry.state.reached_max_records(max_records) {
+            // Back-pressure: while a sealed batch waits for its dead letters, the work since may
+            // grow to max_records; then processing waits too, so unwritten work stays bounded.
+            written = shared.checkpoint(entry, false, LetterWait::Block);
+        }
+        let seal = entry.state.checkpoint_due(now, interval, max_records);
+        if seal || entry.state.has_sealed() {
+            written = shared.checkpoint(entry, seal, LetterWait::Poll).or(written);
+        }
+        if let Some(next) = written {
+            committed.push((*partition, next));
         }
     }
     drop(owned);

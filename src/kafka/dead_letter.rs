@@ -1,43 +1,47 @@
 //! The dead-letter producer. A rejected record is copied with its key, value and headers plus
-//! `__ledgerd.errors.*` headers saying why and where it came from. Copies are confirmed by the
-//! broker before the source offset is checkpointed; an unconfirmed copy is sent again, so nothing is
-//! lost (after a crash a copy may be sent twice: consumers can dedupe on topic/partition/offset).
+//! `__ledgerd.errors.*` headers saying why and where it came from.
+//!
+//! A copy is sent at once and acknowledged by the broker before its source offset is checkpointed,
+//! so nothing is lost; an unacknowledged copy is sent again. The consumer does not wait for the
+//! acknowledgements: the checkpoint waits (see `partition` on sealed batches), so the dead-letter
+//! topic's latency delays durability, not throughput. After a crash a copy may be sent twice:
+//! consumers can dedupe on the topic/partition/offset headers.
 
 use super::{client_config, KafkaContext};
 use crate::config::KafkaConfig;
 use crate::ledger::Rejection;
 use crate::metrics::{ErrorKind, Metrics};
+use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
 
 pub const HEADER_REASON: &str = "__ledgerd.errors.reason";
 pub const HEADER_DETAIL: &str = "__ledgerd.errors.detail";
 pub const HEADER_TOPIC: &str = "__ledgerd.errors.topic";
 pub const HEADER_PARTITION: &str = "__ledgerd.errors.partition";
 pub const HEADER_OFFSET: &str = "__ledgerd.errors.offset";
+/// Set instead of the value when the record was too large for the dead-letter topic: the copy
+/// keeps key and headers, and the source headers point at the original.
+pub const HEADER_VALUE_OMITTED: &str = "__ledgerd.errors.value_omitted";
 
-/// An owned copy of a dead-letter record, kept until the broker acknowledges it.
-pub struct DeadLetter {
+/// An owned copy of a rejected record, kept until the broker acknowledges it.
+struct DeadLetter {
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
     headers: OwnedHeaders,
+    /// The dead-letter topic's partition; `None` lets the producer choose.
     partition: Option<i32>,
 }
 
-/// A dead letter on its way to the broker.
-pub struct InFlight {
+/// The dead letter of the record at `offset`, on its way to the broker.
+pub struct PendingLetter {
+    offset: i64,
     letter: DeadLetter,
     delivery: DeliveryFuture,
 }
-
-/// Stopped waiting because ledgerd is shutting down; the offset must not be checkpointed.
-#[derive(Debug, thiserror::Error)]
-#[error("gave up confirming dead letters: shutting down")]
-pub struct Aborted;
 
 pub struct DeadLetterProducer {
     producer: FutureProducer<KafkaContext>,
@@ -51,10 +55,16 @@ impl DeadLetterProducer {
     pub fn new(config: &KafkaConfig, partitions: i32, context: KafkaContext) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
         let producer = client_config(config)
-            // Idempotence + acks=all: a retried send never duplicates or reorders within a session.
-            .set("enable.idempotence", "true")
+            // acks=all: acknowledged means replicated. Not idempotent: the topic is at-least-once
+            // anyway (copies are re-sent after a crash; dedupe on the source headers), and an
+            // idempotent producer allows only 5 requests in flight per partition, at which cap
+            // librdkafka 2.12's broker thread busy-polls until a response arrives. Against a slow
+            // broker that burnt a whole core here (measured: docs/BENCHMARKS.md).
+            .set("enable.idempotence", "false")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            // Nothing waits on a single letter (checkpoints wait for whole batches), so batching
+            // costs no throughput and keeps the request count, and the broker's load, low.
+            .set("linger.ms", "50")
             // Fail a send after 30s so the retry loop below sees (and logs) a broker outage.
             .set("message.timeout.ms", "30000")
             .create_with_context(context)?;
@@ -62,7 +72,7 @@ impl DeadLetterProducer {
     }
 
     /// Copies `message` with the rejection's headers and starts sending it.
-    pub fn send(&self, message: &BorrowedMessage<'_>, rejection: &Rejection) -> InFlight {
+    pub fn send(&self, message: &BorrowedMessage<'_>, rejection: &Rejection) -> PendingLetter {
         let mut headers = OwnedHeaders::new_with_capacity(message.headers().map_or(0, |h| h.count()) + 5);
         if let Some(original) = message.headers() {
             for header in original.iter() {
@@ -86,10 +96,22 @@ impl DeadLetterProducer {
             headers,
             partition: (message.partition() < self.partitions).then_some(message.partition()),
         };
-        self.dispatch(letter)
+        let mut letter = letter;
+        PendingLetter { offset: message.offset(), delivery: self.dispatch(&mut letter), letter }
     }
 
-    fn dispatch(&self, letter: DeadLetter) -> InFlight {
+    /// Drops the value of a letter the topic refused as too large, saying so in a header. Returns
+    /// false when there was no value to drop (the refusal has another cause).
+    fn omit_value(&self, letter: &mut DeadLetter) -> bool {
+        let Some(value) = letter.value.take() else { return false };
+        let note = format!("{} bytes: larger than the dead-letter topic accepts", value.len());
+        letter.headers = letter.headers.clone().insert(Header { key: HEADER_VALUE_OMITTED, value: Some(&note) });
+        self.metrics
+            .handled_error(ErrorKind::DlqDelivery, &format_args!("{}: sending without the value: {note}", self.topic));
+        true
+    }
+
+    fn dispatch(&self, letter: &mut DeadLetter) -> DeliveryFuture {
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.topic).headers(letter.headers.clone());
@@ -102,13 +124,16 @@ impl DeadLetterProducer {
             if let Some(partition) = letter.partition {
                 record = record.partition(partition);
             }
-            match self.producer.send_result(record) {
-                Ok(delivery) => return InFlight { letter, delivery },
+            // The refused record borrows the letter: drop it before the letter may change.
+            match self.producer.send_result(record).map_err(|(e, _)| e) {
+                Ok(delivery) => return delivery,
                 // The local queue is full: librdkafka drains it in the background.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
-                Err((e, _)) => {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                    if self.omit_value(letter) => {}
+                Err(e) => {
                     self.metrics.handled_error(ErrorKind::DlqDelivery, &e);
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -116,27 +141,45 @@ impl DeadLetterProducer {
         }
     }
 
-    /// Blocks until every letter is acknowledged, re-sending failures with backoff. Returns
-    /// `Err(Aborted)` only when `shutdown` fires while a letter is still unconfirmed.
-    pub fn confirm(&self, in_flight: Vec<InFlight>, shutdown: &CancellationToken) -> Result<(), Aborted> {
-        for mut pending in in_flight {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let error = match futures::executor::block_on(&mut pending.delivery) {
-                    Ok(Ok(_)) => break,
-                    Ok(Err((error, _))) => error.to_string(),
-                    Err(_) => "delivery report lost".to_owned(),
-                };
-                self.metrics.handled_error(ErrorKind::DlqDelivery, &format_args!("{}: {error}", self.topic));
-                if shutdown.is_cancelled() {
-                    return Err(Aborted);
+    /// Checks `letters` without blocking: drops acknowledged ones, sends failed ones again (logged
+    /// and counted; librdkafka retries internally first, so a failure here means an outage of
+    /// `message.timeout.ms` or a rejected record). Returns how many are still unacknowledged.
+    pub fn poll(&self, letters: &mut Vec<PendingLetter>) -> usize {
+        letters.retain_mut(|pending| {
+            let error = match (&mut pending.delivery).now_or_never() {
+                None => return true,
+                Some(Ok(Ok(_))) => return false,
+                Some(Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))))
+                    if self.omit_value(&mut pending.letter) =>
+                {
+                    None
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                pending = self.dispatch(pending.letter);
+                Some(Ok(Err((error, _)))) => Some(error.to_string()),
+                Some(Err(_)) => Some("delivery report lost".to_owned()),
+            };
+            if let Some(error) = error {
+                self.metrics.handled_error(
+                    ErrorKind::DlqDelivery,
+                    &format_args!("{} (source offset {}): {error}; sending again", self.topic, pending.offset),
+                );
             }
+            pending.delivery = self.dispatch(&mut pending.letter);
+            true
+        });
+        letters.len()
+    }
+
+    /// Like [`DeadLetterProducer::poll`], but waits up to `max_wait` for every letter to be
+    /// acknowledged. Returns how many are still unacknowledged.
+    pub fn wait(&self, letters: &mut Vec<PendingLetter>, max_wait: Duration) -> usize {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let pending = self.poll(letters);
+            if pending == 0 || Instant::now() >= deadline {
+                return pending;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        Ok(())
     }
 
     /// Waits for queued sends to finish (at shutdown).

@@ -10,7 +10,7 @@
 //! States of an assigned partition: `Preparing` (in `pending`) → `Consuming` (in `owned`) →
 //! released (in `released`, its local state deleted after `state.release_grace` unless it returns).
 
-use super::dead_letter::{DeadLetterProducer, InFlight};
+use super::dead_letter::{DeadLetterProducer, PendingLetter};
 use super::prepare::{self, Prepared};
 use super::KafkaContext;
 use crate::config::Config;
@@ -34,12 +34,28 @@ use tokio_util::sync::CancellationToken;
 /// Longest a revoke waits for the partition's snapshot round to stop.
 const ROUND_STOP_WAIT: Duration = Duration::from_secs(3);
 
+/// Longest a checkpoint that must happen (release, back-pressure) waits for dead letters while
+/// ledgerd is shutting down; otherwise it waits until they are acknowledged.
+const SHUTDOWN_LETTER_WAIT: Duration = Duration::from_secs(5);
+
 /// A partition this instance consumes.
 pub(super) struct Owned {
     pub state: PartitionState,
-    /// Dead letters sent for records below `state.next_offset()`, not yet confirmed.
-    pub in_flight: Vec<InFlight>,
+    /// Dead letters of records not yet sealed, not yet acknowledged.
+    pub letters: Vec<PendingLetter>,
+    /// Dead letters of the sealed batch, not yet acknowledged: it is written once this is empty.
+    sealed_letters: Vec<PendingLetter>,
     handle: Arc<PartitionHandle>,
+}
+
+/// How a checkpoint step treats unacknowledged dead letters of the sealed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LetterWait {
+    /// Look, and leave the batch sealed if some are pending (the routine checkpoint scan).
+    Poll,
+    /// Wait until they are acknowledged (bounded once shutting down): at release, and for
+    /// back-pressure when the work since the seal has reached `checkpoint.max_records`.
+    Block,
 }
 
 /// An assigned partition whose state is being prepared.
@@ -118,23 +134,42 @@ impl Shared {
         self.shutdown.cancel();
     }
 
-    /// Confirms the partition's dead letters, then writes its checkpoint, retrying a failing write
-    /// with backoff. Returns the checkpointed next offset (None: nothing new, or shutting down).
-    pub fn checkpoint(&self, owned: &mut Owned) -> Option<i64> {
-        if !owned.state.is_dirty() {
-            return None;
+    /// Advances the partition's checkpoint: writes the sealed batch once its dead letters are
+    /// acknowledged, then, when `seal` is set, seals the work since and writes that too if its
+    /// letters are acknowledged as well. Returns the newest checkpointed next offset written here.
+    pub fn checkpoint(&self, owned: &mut Owned, seal: bool, wait: LetterWait) -> Option<i64> {
+        let mut written = None;
+        let mut seal = seal;
+        let started = Instant::now();
+        loop {
+            if owned.state.has_sealed() {
+                let pending = match wait {
+                    LetterWait::Poll => self.dead_letters.poll(&mut owned.sealed_letters),
+                    LetterWait::Block => self.dead_letters.wait(&mut owned.sealed_letters, Duration::from_millis(100)),
+                };
+                if pending > 0 {
+                    let gave_up = self.shutdown.is_cancelled() && started.elapsed() >= SHUTDOWN_LETTER_WAIT;
+                    if wait == LetterWait::Poll || gave_up {
+                        return written;
+                    }
+                    continue;
+                }
+                written = Some(self.commit_sealed(owned)?);
+            }
+            if !seal || !owned.state.seal() {
+                return written;
+            }
+            owned.sealed_letters = std::mem::take(&mut owned.letters);
+            seal = false;
         }
-        let timer = std::time::Instant::now();
-        if self.dead_letters.confirm(std::mem::take(&mut owned.in_flight), &self.shutdown).is_err() {
-            return None;
-        }
+    }
+
+    /// Writes the sealed batch, retrying a failing write with backoff (None: shutting down).
+    fn commit_sealed(&self, owned: &mut Owned) -> Option<i64> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match owned.state.checkpoint() {
-                Ok(next) => {
-                    owned.state.observe_checkpoint_duration(timer.elapsed());
-                    return next;
-                }
+            match owned.state.commit_sealed() {
+                Ok(next) => return next,
                 Err(e) => {
                     self.metrics.handled_error(
                         ErrorKind::CheckpointWrite,
@@ -233,7 +268,13 @@ impl Shared {
             "partition consuming"
         );
         let mut owned = self.owned();
-        owned.insert(partition, Owned { state: prepared.state, in_flight: Vec::new(), handle: Arc::clone(&handle) });
+        let entry = Owned {
+            state: prepared.state,
+            letters: Vec::new(),
+            sealed_letters: Vec::new(),
+            handle: Arc::clone(&handle),
+        };
+        owned.insert(partition, entry);
         self.metrics.assigned_partitions.set(owned.len() as i64);
         drop(owned);
         self.registry.insert(handle);
@@ -302,7 +343,7 @@ impl Shared {
             if !entry.handle.release(ROUND_STOP_WAIT) {
                 tracing::warn!(partition, "released while a snapshot round is still confirming its records");
             }
-            if let Some(next) = self.checkpoint(&mut entry) {
+            if let Some(next) = self.checkpoint(&mut entry, true, LetterWait::Block) {
                 committed.push((partition, next));
             }
             self.registry.remove(partition);

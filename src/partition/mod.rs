@@ -1,9 +1,13 @@
 //! One owned input partition: applies records through the reducer into an in-memory overlay of
 //! uncheckpointed changes, and turns that overlay into one atomic checkpoint.
 //!
-//! Reads see the overlay first and the stored state second, so a batch can apply many events to one
-//! account before anything is written. The overlay is cleared only after its checkpoint is durable;
-//! a failed checkpoint keeps it, so a retry writes the same batch again.
+//! A checkpoint has two steps. [`PartitionState::seal`] freezes the work so far as the *sealed*
+//! batch and starts a fresh overlay, so processing goes on; [`PartitionState::commit_sealed`]
+//! writes the sealed batch, with its next offset, in one synced write. Between the two the caller
+//! waits for what must be durable first (the dead letters of the sealed records), without
+//! stopping the partition. Reads see the open overlay, then the sealed batch, then the store, so
+//! a batch can apply many events to one account before anything is written. A failed write keeps
+//! the sealed batch, so a retry writes the same batch again.
 
 mod overlay;
 
@@ -29,11 +33,22 @@ pub enum Disposition {
     DeadLetter(Rejection),
 }
 
+/// Work frozen for the next checkpoint write.
+struct Sealed {
+    overlay: Overlay,
+    next_offset: i64,
+    watermark_micros: i64,
+    records: u64,
+    sealed_at: Instant,
+}
+
 /// The working state of one partition.
 pub struct PartitionState {
     partition: i32,
     store: Arc<PartitionStore>,
+    /// Work since the last seal.
     overlay: Overlay,
+    sealed: Option<Sealed>,
     /// Offset of the next record to process (advances per record).
     next_offset: i64,
     /// Next offset as of the last durable checkpoint.
@@ -69,6 +84,7 @@ impl PartitionState {
             watermark_micros: store.stored_watermark_micros(),
             store,
             overlay: Overlay::default(),
+            sealed: None,
             next_offset,
             checkpointed_offset: next_offset,
             dedupe_window_micros: i64::try_from(dedupe_window.as_micros()).unwrap_or(i64::MAX),
@@ -133,7 +149,11 @@ impl PartitionState {
             _ if account.is_some_and(|a| self.in_snapshot(a, offset)) => Disposition::InSnapshot,
             Err(rejection) => Disposition::DeadLetter(rejection.clone()),
             Ok(event) => {
-                let mut view = View { store: &self.store, overlay: &mut self.overlay };
+                let mut view = View {
+                    store: &self.store,
+                    sealed: self.sealed.as_ref().map(|s| &s.overlay),
+                    overlay: &mut self.overlay,
+                };
                 match ledger::apply(&mut view, event)? {
                     ledger::Outcome::Applied { .. } => {
                         self.watermark_micros = self.watermark_micros.max(event.event_time_micros);
@@ -155,60 +175,88 @@ impl PartitionState {
         Ok(disposition)
     }
 
-    /// True when there is consumed work not yet checkpointed.
+    /// True when there is consumed work not yet checkpointed (sealed or not).
     pub fn is_dirty(&self) -> bool {
         self.next_offset != self.checkpointed_offset
     }
 
-    /// Whether the checkpoint policy asks for a checkpoint now.
+    /// True when there is consumed work not yet sealed.
+    fn has_unsealed_work(&self) -> bool {
+        self.next_offset != self.sealed.as_ref().map_or(self.checkpointed_offset, |s| s.next_offset)
+    }
+
+    /// Whether a sealed batch waits to be written.
+    pub fn has_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// Whether the checkpoint policy asks to seal the work so far (only one batch is sealed at a time).
     pub fn checkpoint_due(&self, now: Instant, interval: Duration, max_records: u64) -> bool {
-        self.is_dirty()
+        self.sealed.is_none()
+            && self.has_unsealed_work()
             && (self.reached_max_records(max_records) || now.duration_since(self.last_checkpoint) >= interval)
     }
 
-    /// Whether enough records were consumed since the last checkpoint to force one.
+    /// Whether enough records were consumed since the last seal to force one.
     pub fn reached_max_records(&self, max_records: u64) -> bool {
         self.records_since_checkpoint >= max_records
     }
 
-    /// Records how long a whole checkpoint took (dead-letter confirmation included).
-    pub fn observe_checkpoint_duration(&self, elapsed: Duration) {
-        self.metrics.checkpoint_duration.observe(elapsed.as_secs_f64());
+    /// Freezes the work so far as the next checkpoint's batch; processing continues in a fresh
+    /// overlay. Returns false when there is nothing to seal or a sealed batch is still unwritten.
+    pub fn seal(&mut self) -> bool {
+        if self.sealed.is_some() || !self.has_unsealed_work() {
+            return false;
+        }
+        self.sealed = Some(Sealed {
+            overlay: std::mem::take(&mut self.overlay),
+            next_offset: self.next_offset,
+            watermark_micros: self.watermark_micros,
+            records: self.records_since_checkpoint,
+            sealed_at: Instant::now(),
+        });
+        self.records_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        true
     }
 
-    /// Writes the overlay, the forgotten ids and the next offset as one synced batch. The caller must
-    /// have confirmed every dead letter below `next_offset` first. Returns the checkpointed next
-    /// offset, or `None` when there was nothing to write.
-    pub fn checkpoint(&mut self) -> Result<Option<i64>, StoreError> {
-        if !self.is_dirty() {
-            self.last_checkpoint = Instant::now();
-            return Ok(None);
-        }
+    /// Writes the sealed batch, the forgotten ids and its next offset as one synced batch. The
+    /// caller must have confirmed every dead letter below that offset first. Returns the
+    /// checkpointed next offset, or `None` when nothing was sealed.
+    pub fn commit_sealed(&mut self) -> Result<Option<i64>, StoreError> {
+        let Some(sealed) = &self.sealed else { return Ok(None) };
         let mut batch = self.store.begin();
         let mut next_floor = self.expiry_floor;
-        self.overlay.write_to(&mut batch, self.next_offset);
-        let skips_done = !self.restore_skips.is_empty() && self.next_offset >= self.restore_skips_until;
+        sealed.overlay.write_to(&mut batch, sealed.next_offset);
+        let skips_done = !self.restore_skips.is_empty() && sealed.next_offset >= self.restore_skips_until;
         if skips_done {
             batch.clear_restore_skips();
         }
-        if self.watermark_micros != i64::MIN {
-            let cutoff = self.watermark_micros.saturating_sub(self.dedupe_window_micros);
+        if sealed.watermark_micros != i64::MIN {
+            let cutoff = sealed.watermark_micros.saturating_sub(self.dedupe_window_micros);
             let (_, floor) = batch.forget_transactions_before(self.expiry_floor, cutoff, FORGET_PER_CHECKPOINT)?;
             next_floor = floor;
         }
-        batch.commit(self.next_offset, self.watermark_micros)?;
+        batch.commit(sealed.next_offset, sealed.watermark_micros)?;
+        let sealed = self.sealed.take().expect("checked above");
         self.expiry_floor = next_floor;
-        self.overlay.clear();
         if skips_done {
             self.restore_skips.clear();
             self.restore_skips_until = i64::MIN;
         }
-        self.metrics.checkpoint_records.observe(self.records_since_checkpoint as f64);
-        self.metrics.checkpointed_offset.set(self.next_offset);
-        self.checkpointed_offset = self.next_offset;
-        self.records_since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        Ok(Some(self.next_offset))
+        // From sealing to durable: includes the wait for the batch's dead letters.
+        self.metrics.checkpoint_duration.observe(sealed.sealed_at.elapsed().as_secs_f64());
+        self.metrics.checkpoint_records.observe(sealed.records as f64);
+        self.metrics.checkpointed_offset.set(sealed.next_offset);
+        self.checkpointed_offset = sealed.next_offset;
+        Ok(Some(sealed.next_offset))
+    }
+
+    /// Seals and writes everything processed so far (for callers with no dead letters to wait for).
+    #[cfg(test)]
+    pub fn checkpoint(&mut self) -> Result<Option<i64>, StoreError> {
+        self.seal();
+        self.commit_sealed()
     }
 }
 
@@ -271,5 +319,40 @@ mod tests {
         );
         assert_eq!(state.checkpoint().unwrap(), Some(4));
         assert_eq!(state.checkpoint().unwrap(), None);
+    }
+
+    #[test]
+    fn processing_goes_on_over_a_sealed_batch_and_only_the_batch_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        {
+            let mut state = open(&env);
+            state.process(0, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap();
+            assert!(state.seal());
+            assert!(!state.seal(), "one sealed batch at a time");
+            assert!(state.has_sealed() && state.is_dirty());
+            // Reads see the sealed batch: the id dedupes and the balance builds on it.
+            assert_eq!(
+                state.process(1, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap(),
+                Disposition::Duplicate
+            );
+            state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
+            assert_eq!(usd_balance(&state), None, "nothing is durable before the write");
+            assert_eq!(state.commit_sealed().unwrap(), Some(1));
+            assert_eq!(state.checkpointed_offset(), 1);
+            assert_eq!(usd_balance(&state).as_deref(), Some("5000.00"), "only the sealed batch is written");
+            assert!(state.is_dirty() && !state.has_sealed());
+            assert_eq!(state.commit_sealed().unwrap(), None);
+        }
+        // The unwritten work after the seal is re-read from offset 1 after a restart.
+        let mut state = open(&env);
+        assert_eq!(state.next_offset(), 1);
+        assert_eq!(
+            state.process(1, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap(),
+            Disposition::Duplicate
+        );
+        state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
+        assert_eq!(state.checkpoint().unwrap(), Some(3));
+        assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
     }
 }

@@ -38,32 +38,45 @@ impl Overlay {
             }
         }
     }
-
-    pub(super) fn clear(&mut self) {
-        self.accounts.clear();
-    }
 }
 
-/// What the reducer reads and writes while applying one event.
+/// What the reducer reads and writes while applying one event: the open overlay, then the sealed
+/// batch not yet written, then the store.
 pub(super) struct View<'a> {
     pub store: &'a PartitionStore,
+    pub sealed: Option<&'a Overlay>,
     pub overlay: &'a mut Overlay,
+}
+
+impl Overlay {
+    fn balance(&self, account: &str, currency: Currency) -> Option<Amount> {
+        let changes = self.accounts.get(account)?;
+        changes.balances.iter().find(|(c, _)| *c == currency).map(|(_, balance)| *balance)
+    }
+
+    fn transaction(&self, account: &str, transaction_id: &str) -> Option<&TransactionRecord> {
+        self.accounts.get(account)?.transactions.get(transaction_id)
+    }
 }
 
 impl LedgerState for View<'_> {
     type Error = StoreError;
 
     fn balance(&mut self, account: &str, currency: Currency) -> Result<Amount, StoreError> {
-        if let Some(changes) = self.overlay.accounts.get(account) {
-            if let Some((_, balance)) = changes.balances.iter().find(|(c, _)| *c == currency) {
-                return Ok(*balance);
-            }
+        if let Some(balance) = self.overlay.balance(account, currency) {
+            return Ok(balance);
+        }
+        if let Some(balance) = self.sealed.and_then(|sealed| sealed.balance(account, currency)) {
+            return Ok(balance);
         }
         Ok(self.store.balance(account, currency)?.unwrap_or_default())
     }
 
     fn transaction(&mut self, account: &str, transaction_id: &str) -> Result<Option<TransactionRecord>, StoreError> {
-        if let Some(record) = self.overlay.accounts.get(account).and_then(|c| c.transactions.get(transaction_id)) {
+        if let Some(record) = self.overlay.transaction(account, transaction_id) {
+            return Ok(Some(record.clone()));
+        }
+        if let Some(record) = self.sealed.and_then(|sealed| sealed.transaction(account, transaction_id)) {
             return Ok(Some(record.clone()));
         }
         self.store.transaction(account, transaction_id)

@@ -85,6 +85,8 @@ pub async fn produce(brokers: &str, topic: &str, records: &[Fixture]) -> BTreeMa
         .set("linger.ms", "20")
         .set("batch.num.messages", "5000")
         .set("queue.buffering.max.messages", "500000")
+        // Room for the oversized-record test (the default limit is 1,000,000 bytes).
+        .set("message.max.bytes", "4000000")
         .create()
         .expect("producer");
     let mut end = BTreeMap::new();
