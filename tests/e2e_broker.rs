@@ -6,7 +6,7 @@ mod common;
 use common::workload::{self, Shape};
 use common::{
     assert_balances_exact, balances, brokers, create_topic, dead_letter_sources, produce, read_all, unique,
-    wait_caught_up, wait_until, Fixture, Instance,
+    wait_caught_up, wait_until, Fixture, Instance, Ledgerd,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,6 +35,24 @@ async fn topic_with(records: &[Fixture]) -> (String, BTreeMap<i32, i64>) {
     (input, end)
 }
 
+/// One ledgerd on a fresh topic, caught up with every record on it.
+struct Solo {
+    input: String,
+    settings: Instance,
+    ledgerd: Ledgerd,
+    _dir: tempfile::TempDir,
+}
+
+async fn solo_caught_up(records: &[Fixture]) -> Solo {
+    let (input, end) = topic_with(records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Instance::new(&brokers(), &input, &dir.path().join("a"));
+    let mut ledgerd = settings.spawn();
+    ledgerd.wait_ready(READY);
+    wait_caught_up(&[&ledgerd], &end, CATCH_UP);
+    Solo { input, settings, ledgerd, _dir: dir }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_events_give_3701_and_120_with_the_reused_id_dead_lettered() {
     let records = vec![
@@ -45,12 +63,7 @@ async fn seed_events_give_3701_and_120_with_the_reused_id_dead_lettered() {
         seed("w1", "2024-01-01T12:00:00", "diary", "withdrawal", "30"),
         seed("d2", "2024-01-01T18:00:00", "diary", "deposit", "50"),
     ];
-    let (input, end) = topic_with(&records).await;
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Instance::new(&brokers(), &input, &dir.path().join("a"));
-    let mut ledgerd = settings.spawn();
-    ledgerd.wait_ready(READY);
-    wait_caught_up(&[&ledgerd], &end, CATCH_UP);
+    let Solo { input, settings, mut ledgerd, _dir } = solo_caught_up(&records).await;
 
     let (status, body) = ledgerd.get("/v1/accounts/6ad87cf1").unwrap();
     assert_eq!(status, 200);
@@ -84,12 +97,7 @@ async fn a_bad_record_too_large_for_the_dlq_is_dead_lettered_without_its_value()
     // Larger than the dead-letter producer's message.max.bytes (1,000,000) once headers are added.
     let oversized = Fixture { key: Some("big".into()), value: vec![b'x'; 1_200_000], headers: Vec::new() };
     let records = vec![oversized, seed("d1", "2024-01-01T09:00:00", "big", "deposit", "100")];
-    let (input, end) = topic_with(&records).await;
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Instance::new(&brokers(), &input, &dir.path().join("a"));
-    let mut ledgerd = settings.spawn();
-    ledgerd.wait_ready(READY);
-    wait_caught_up(&[&ledgerd], &end, CATCH_UP);
+    let Solo { settings, mut ledgerd, _dir, .. } = solo_caught_up(&records).await;
 
     assert_eq!(balances(&ledgerd, "big").unwrap()["USD"], "100", "the partition went on");
     let dead = read_all(&brokers(), &settings.dlq, PARTITIONS);
@@ -106,12 +114,7 @@ async fn a_bad_record_too_large_for_the_dlq_is_dead_lettered_without_its_value()
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_stream_balances_equal_an_independent_sum() {
     let work = workload::generate(11, &Shape::default());
-    let (input, end) = topic_with(&Fixture::from_workload(&work)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Instance::new(&brokers(), &input, &dir.path().join("a"));
-    let mut ledgerd = settings.spawn();
-    ledgerd.wait_ready(READY);
-    wait_caught_up(&[&ledgerd], &end, CATCH_UP);
+    let Solo { settings, mut ledgerd, _dir, .. } = solo_caught_up(&Fixture::from_workload(&work)).await;
 
     assert_balances_exact(&[&ledgerd], &work);
     assert_eq!(ledgerd.metric("ledgerd_events_total", &["outcome=\"applied\""]) as usize, work.applied);
