@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 6;
 const READY: Duration = Duration::from_secs(60);
-/// A restart after kill -9 joins only once the broker evicts the dead member (session and
-/// rebalance timeouts, 6 s and 10 s in the test kit), which a loaded broker can stretch.
+/// A restart after kill -9 can wait for the broker to evict a dead member (session and
+/// rebalance timeouts, 10 s and 30 s in the test kit), which a loaded broker can stretch.
 const READY_AFTER_KILL: Duration = Duration::from_secs(180);
 const CATCH_UP: Duration = Duration::from_secs(300);
 
@@ -135,13 +135,19 @@ async fn resumes_after_kill_9_without_losing_or_double_applying() {
     // Kill at growing progress marks so each crash lands mid-stream with work in flight.
     let mut kills = 0;
     for mark in [0.05, 0.2, 0.35, 0.5, 0.65, 0.8] {
-        let mut ledgerd = settings.spawn();
+        // Each restart joins a group of its own. ledgerd resumes from the offset stored with its
+        // state, never from the group's commits, so this tests the same recovery. Rejoining the
+        // killed process's group is left to the scale-out test (where live members remain): alone
+        // in a group with a dead member, tansu 0.6 sometimes never assigned the new member any
+        // partition (dynamic membership, even after the dead session expired) or revoked them at
+        // once and never again (static membership).
+        let mut ledgerd = Instance { group: unique("group"), ..settings.clone() }.spawn();
         let started = Instant::now();
         ledgerd.wait_ready(READY_AFTER_KILL);
         eprintln!("restart {kills}: ready after {:.1}s", started.elapsed().as_secs_f64());
         ledgerd
             .wait_for(CATCH_UP, "progress before the kill", |l| l.checkpointed_total() as f64 >= mark * total as f64);
-        ledgerd.kill9_and_outlive_session();
+        ledgerd.kill9();
         kills += 1;
     }
     assert!(kills >= 5);

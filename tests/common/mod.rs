@@ -214,14 +214,15 @@ impl Instance {
             state_dir: state_dir.to_owned(),
             checkpoint_interval: "200ms",
             max_records: 5_000,
-            // A killed member's partitions move after its session expires (6 s, not the default
-            // 45 s). The coordinator also waits up to the rebalance timeout, which librdkafka sends
-            // as max.poll.interval.ms (default 300 s), for members that never rejoin: bound it too.
-            // ledgerd polls at least every 100 ms, so 10 s is ample.
+            // A killed member's partitions move after its session expires (10 s, not the default
+            // 45 s; 6 s timed out live members here when tansu answered heartbeats slowly under
+            // load). The coordinator also waits up to the rebalance timeout, which librdkafka sends
+            // as max.poll.interval.ms (default 300 s), for members that never rejoin: bound it too,
+            // leaving room for a revoke that waits for its dead letters on a slow broker.
             extra_properties: vec![
                 ("session.timeout.ms".into(), SESSION_TIMEOUT.as_millis().to_string()),
                 ("heartbeat.interval.ms".into(), "500".into()),
-                ("max.poll.interval.ms".into(), "10000".into()),
+                ("max.poll.interval.ms".into(), "30000".into()),
             ],
             env: Vec::new(),
         }
@@ -273,7 +274,7 @@ impl Instance {
 }
 
 /// The group session timeout of test instances: how long the coordinator keeps a killed member.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waits until the coordinator has surely expired the session of a member that died without
 /// leaving (`kill -9`, abort), before a test starts a replacement.
