@@ -1,6 +1,6 @@
 //! Wiring: HTTP server, topic setup with retries, the consumer thread, and a bounded shutdown.
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, Guard};
 use crate::config::Config;
 use crate::kafka::consumer::{self, ConsumerParts};
 use crate::kafka::dead_letter::DeadLetterProducer;
@@ -58,7 +58,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
     let http_stop = CancellationToken::new();
-    let app = api::router(ApiState { registry: Arc::clone(&registry), metrics: metrics.clone() });
+    // Validated at load: an unreadable token file already stopped start-up with the key named.
+    let token = config.http.resolve_auth_token()?;
+    let guard = Guard::new(token, config.http.max_request_size.0, config.http.rate_limit);
+    let app =
+        api::router(ApiState { registry: Arc::clone(&registry), metrics: metrics.clone(), guard: Arc::new(guard) });
     let http = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned()).into_future(),
     );

@@ -179,11 +179,48 @@ impl Default for SnapshotConfig {
 pub struct HttpConfig {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Bearer token every `/v1/` request must carry (`Authorization: Bearer <token>`); empty means
+    /// no authentication. `/livez`, `/readyz` and `/metrics` stay open.
+    pub auth_token: String,
+    /// A file holding the token instead (e.g. a mounted Kubernetes secret); surrounding whitespace
+    /// is ignored. Set at most one of `auth_token` and `auth_token_file`.
+    pub auth_token_file: PathBuf,
+    /// Largest request accepted on `/v1/` routes (request line, headers and declared body).
+    pub max_request_size: ByteSize,
+    /// Requests per second this instance serves on `/v1/` routes (bursts up to one second's
+    /// worth); beyond it, 429 with `Retry-After`. 0 means unlimited.
+    pub rate_limit: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth_token: String::new(),
+            auth_token_file: PathBuf::new(),
+            max_request_size: ByteSize(16 << 10),
+            rate_limit: 0,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The bearer token in force, read from `auth_token_file` when that is set.
+    pub fn resolve_auth_token(&self) -> Result<Option<String>, ConfigError> {
+        if self.auth_token_file.as_os_str().is_empty() {
+            return Ok((!self.auth_token.is_empty()).then(|| self.auth_token.clone()));
+        }
+        if !self.auth_token.is_empty() {
+            return Err(invalid("http.auth_token_file", "is set together with http.auth_token: keep one of them"));
+        }
+        let text = std::fs::read_to_string(&self.auth_token_file).map_err(|e| {
+            invalid("http.auth_token_file", format!("cannot read {}: {e}", self.auth_token_file.display()))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(invalid("http.auth_token_file", format!("{} is empty", self.auth_token_file.display())));
+        }
+        Ok(Some(token.to_owned()))
     }
 }
 
@@ -335,9 +372,13 @@ impl Config {
         Ok(config)
     }
 
-    /// The effective configuration as TOML, with secret-looking `kafka.properties` values masked.
+    /// The effective configuration as TOML, with `http.auth_token` and secret-looking
+    /// `kafka.properties` values masked.
     pub fn to_masked_toml(&self) -> String {
         let mut masked = self.clone();
+        if !masked.http.auth_token.is_empty() {
+            masked.http.auth_token = "****".into();
+        }
         for (key, value) in masked.kafka.properties.iter_mut() {
             if is_secret_property(key) {
                 *value = "****".into();
@@ -395,6 +436,10 @@ impl Config {
         if self.checkpoint.interval.is_zero() {
             return Err(invalid("checkpoint.interval", "must be > 0 (e.g. \"1s\")"));
         }
+        if self.http.max_request_size.0 < 1024 {
+            return Err(invalid("http.max_request_size", "must be at least 1KiB (default \"16KiB\")"));
+        }
+        self.http.resolve_auth_token()?;
         if self.checkpoint.max_records == 0 {
             return Err(invalid("checkpoint.max_records", "must be > 0"));
         }
@@ -434,6 +479,27 @@ mod tests {
         let f = file(&text);
         let reloaded = Config::load_from(Some(f.path()), vec![]).unwrap();
         assert_eq!(reloaded.kafka.properties["sasl.password"], "****");
+    }
+
+    #[test]
+    fn the_auth_token_comes_from_one_place_and_is_never_shown() {
+        let mut config = Config::default();
+        assert_eq!(config.http.resolve_auth_token().unwrap(), None);
+        config.http.auth_token = "s3cret-token".into();
+        assert_eq!(config.http.resolve_auth_token().unwrap().as_deref(), Some("s3cret-token"));
+        assert!(!config.to_masked_toml().contains("s3cret-token"));
+
+        let token_file = file("  from-a-file\n");
+        config.http.auth_token_file = token_file.path().to_owned();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.auth_token_file") && err.contains("http.auth_token"), "{err}");
+        config.http.auth_token.clear();
+        assert_eq!(config.http.resolve_auth_token().unwrap().as_deref(), Some("from-a-file"));
+
+        config.http.auth_token_file = "/nonexistent/token".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.auth_token_file") && err.contains("/nonexistent/token"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
