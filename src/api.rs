@@ -51,7 +51,8 @@ impl Guard {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(0);
-        let size = request.uri().to_string().len() + header_bytes(request.headers()) + declared_body;
+        let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
+        let size = target + header_bytes(request.headers()) + declared_body;
         if size > self.max_request_bytes {
             return Some(error(StatusCode::PAYLOAD_TOO_LARGE, "request too large"));
         }

@@ -90,13 +90,12 @@ impl DeadLetterProducer {
         ] {
             headers = headers.insert(Header { key, value: Some(value) });
         }
-        let letter = DeadLetter {
+        let mut letter = DeadLetter {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers,
             partition: (message.partition() < self.partitions).then_some(message.partition()),
         };
-        let mut letter = letter;
         PendingLetter { offset: message.offset(), delivery: self.dispatch(&mut letter), letter }
     }
 

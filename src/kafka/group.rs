@@ -154,7 +154,10 @@ impl Shared {
                     }
                     continue;
                 }
-                written = Some(self.commit_sealed(owned)?);
+                match self.commit_sealed(owned) {
+                    Some(next) => written = Some(next),
+                    None => return written,
+                }
             }
             if !seal || !owned.state.seal() {
                 return written;

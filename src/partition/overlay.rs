@@ -27,6 +27,15 @@ impl Overlay {
         self.accounts.get_mut(account).expect("inserted above")
     }
 
+    fn balance(&self, account: &str, currency: Currency) -> Option<Amount> {
+        let changes = self.accounts.get(account)?;
+        changes.balances.iter().find(|(c, _)| *c == currency).map(|(_, balance)| *balance)
+    }
+
+    fn transaction(&self, account: &str, transaction_id: &str) -> Option<&TransactionRecord> {
+        self.accounts.get(account)?.transactions.get(transaction_id)
+    }
+
     /// Adds the changes to `batch`, which will be committed with `next_offset`.
     pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64) {
         for (account, changes) in &self.accounts {
@@ -46,17 +55,6 @@ pub(super) struct View<'a> {
     pub store: &'a PartitionStore,
     pub sealed: Option<&'a Overlay>,
     pub overlay: &'a mut Overlay,
-}
-
-impl Overlay {
-    fn balance(&self, account: &str, currency: Currency) -> Option<Amount> {
-        let changes = self.accounts.get(account)?;
-        changes.balances.iter().find(|(c, _)| *c == currency).map(|(_, balance)| *balance)
-    }
-
-    fn transaction(&self, account: &str, transaction_id: &str) -> Option<&TransactionRecord> {
-        self.accounts.get(account)?.transactions.get(transaction_id)
-    }
 }
 
 impl LedgerState for View<'_> {

@@ -276,18 +276,6 @@ impl Instance {
 /// The group session timeout of test instances: how long the coordinator keeps a killed member.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits until the coordinator has surely expired the session of a member that died without
-/// leaving (`kill -9`, abort), before a test starts a replacement.
-///
-/// This works around a tansu 0.6 coordinator bug (seen in CI, reproduced locally about one run in
-/// four): a member that joins while the dead one is still in the group can get the dead member as
-/// leader; the coordinator then drops the expired leader while answering the new member's
-/// SyncGroup (with an empty assignment) and never starts another rebalance, so the new member
-/// heartbeats successfully with no partitions for ever. Kafka rebalances there.
-pub fn outlive_dead_session() {
-    std::thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
-}
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -359,10 +347,20 @@ impl Ledgerd {
         }
     }
 
-    /// `kill -9`, then [`outlive_dead_session`]: for tests that start a replacement.
+    /// `kill -9`, then waits out the dead member's session,
+    /// before a test starts a replacement (session timeout + 1 s).
+    ///
+    /// This makes a tansu 0.6 coordinator bug less likely (seen in CI, reproduced locally about one run
+    /// in four), without ruling it out: a member that joins while the dead one is still in the group
+    /// can get the dead member as leader; the coordinator then drops the expired leader while
+    /// answering the new member's SyncGroup (with an empty assignment) and never starts another
+    /// rebalance, so the new member heartbeats successfully with no partitions for ever. Kafka
+    /// rebalances there. It still stalled once after this wait when the replacement was the group's
+    /// only member, so such tests give the replacement a group of its own; this wait remains for a
+    /// group that keeps live members.
     pub fn kill9_and_outlive_session(&mut self) {
         self.kill9();
-        outlive_dead_session();
+        std::thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
     }
 
     /// SIGTERM, then waits for the exit status.
