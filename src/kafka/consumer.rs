@@ -119,7 +119,12 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
     shared.release(&consumer, None);
     shared.dead_letters.flush(Duration::from_secs(5));
     // Dropping the consumer closes it: it leaves the group (its revoke callback finds nothing left).
+    // librdkafka first waits for an in-flight JoinGroup, which the coordinator may hold until
+    // every member rejoins (up to the rebalance timeout), so this step is logged on its own.
+    tracing::info!("state checkpointed; leaving the consumer group");
+    let leaving = Instant::now();
     drop(consumer);
+    tracing::info!(seconds = leaving.elapsed().as_secs_f64(), "left the consumer group");
     let fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
     match fatal {
         Some(message) => Err(ConsumerError::Fatal(message)),

@@ -218,7 +218,9 @@ impl Instance {
             // 45 s; 6 s timed out live members here when tansu answered heartbeats slowly under
             // load). The coordinator also waits up to the rebalance timeout, which librdkafka sends
             // as max.poll.interval.ms (default 300 s), for members that never rejoin: bound it too,
-            // leaving room for a revoke that waits for its dead letters on a slow broker.
+            // leaving room for a revoke that waits for its dead letters on a slow broker. A leaving
+            // member's close waits for its in-flight JoinGroup, which the coordinator may hold for
+            // that long, so the instances' shutdown.timeout (45 s) is longer.
             extra_properties: vec![
                 ("session.timeout.ms".into(), SESSION_TIMEOUT.as_millis().to_string()),
                 ("heartbeat.interval.ms".into(), "500".into()),
@@ -234,7 +236,7 @@ impl Instance {
              [state]\ndir = \"{}\"\nblock_cache_size = \"32MiB\"\nwrite_buffer_size = \"8MiB\"\n\
              [checkpoint]\ninterval = \"{}\"\nmax_records = {}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
              [snapshot]\ntopic = \"{}\"\ninterval = \"{}\"\n\
-             [shutdown]\ntimeout = \"15s\"\n[kafka.properties]\n",
+             [shutdown]\ntimeout = \"45s\"\n[kafka.properties]\n",
             self.brokers,
             self.group,
             self.input,
@@ -367,14 +369,15 @@ impl Ledgerd {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Beyond the instances' shutdown.timeout (45 s), which exceeds their rebalance timeout.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("ledgerd did not exit within 30s of SIGTERM; log:\n{}", self.log());
+                panic!("ledgerd did not exit within 60s of SIGTERM; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
