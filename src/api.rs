@@ -1,21 +1,37 @@
-//! The HTTP API: balances of owned accounts, Prometheus metrics, liveness and readiness.
+//! The HTTP API: balances (now or at a past event time) and the audit trail of any account,
+//! every account's balances as NDJSON, Prometheus metrics, liveness and readiness.
 //!
-//! Balances are read from checkpointed state, never from uncheckpointed work in progress, so an answer
-//! always reflects a consistent prefix of the input.
+//! Any instance answers for any account: it finds the account's partition with the producers'
+//! partitioner and answers from its own state or forwards to the owner (see `routing`). Answers
+//! are read from checkpointed state, never from uncheckpointed work in progress, so each reflects
+//! a consistent prefix of its partition: the `offset` in the response (every input record below it).
 //!
 //! `/v1/` routes pass a [`Guard`] first: request size, the rate limit, then the bearer token.
 //! `/livez`, `/readyz` and `/metrics` stay open, so probes and scrapers need no secret.
 
+mod forward;
+
+pub use forward::{Forwarder, FORWARDED};
+
+use crate::ledger::history::balances_as_of;
+use crate::ledger::{Amount, Currency, HistoryEntry};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::PartitionRegistry;
-use axum::extract::{MatchedPath, Path, Request, State};
+use crate::routing::directory::Owner;
+use crate::routing::{Directory, Partitioner};
+use crate::store::PartitionStore;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,6 +40,17 @@ pub struct ApiState {
     pub registry: Arc<PartitionRegistry>,
     pub metrics: Metrics,
     pub guard: Arc<Guard>,
+    pub routing: Arc<Routing>,
+}
+
+/// What the API needs to find the instance serving an account.
+pub struct Routing {
+    pub instance_id: String,
+    pub partitioner: Partitioner,
+    /// The input topic's partition count; 0 until the topics are set up.
+    pub partitions: AtomicI32,
+    pub directory: Arc<Directory>,
+    pub forwarder: Forwarder,
 }
 
 /// What a `/v1/` request must pass before its handler runs.
@@ -109,9 +136,20 @@ impl TokenBucket {
     }
 }
 
+/// The `/v1/` routes, as documented in `docs/openapi.json` (a test keeps the two in sync).
+pub const V1_ROUTES: [&str; 4] = [
+    "/v1/accounts/{account_id}",
+    "/v1/accounts/{account_id}/transactions",
+    "/v1/balances",
+    "/v1/partitions/{partition}/balances",
+];
+
 pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
-        .route("/v1/accounts/{account_id}", get(account))
+        .route(V1_ROUTES[0], get(account))
+        .route(V1_ROUTES[1], get(transactions))
+        .route(V1_ROUTES[2], get(all_balances))
+        .route(V1_ROUTES[3], get(partition_balances))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .merge(guarded)
@@ -127,23 +165,340 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-async fn account(State(state): State<ApiState>, Path(account_id): Path<String>) -> Response {
-    for (partition, store) in state.registry.stores() {
-        match store.account_balances(&account_id) {
-            Ok(balances) if balances.is_empty() => continue,
-            Ok(balances) => {
-                let balances: BTreeMap<&str, String> =
-                    balances.iter().map(|(currency, amount)| (currency.as_str(), amount.to_string())).collect();
-                return Json(json!({ "account_id": account_id, "balances": balances })).into_response();
-            }
+/// 503 with `Retry-After`: the partition is between owners (or this instance is still starting).
+fn moving(partition: Option<i32>) -> Response {
+    let message = match partition {
+        Some(p) => format!("partition {p} is moving between instances or still restoring; retry shortly"),
+        None => "this instance does not know the input's partitions yet; retry shortly".to_owned(),
+    };
+    let mut response =
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": message, "partition": partition }))).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Logs and counts a storage failure; the client learns only that it was internal.
+fn internal(state: &ApiState, partition: i32, e: &dyn std::fmt::Display) -> Response {
+    state.metrics.handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: {e}"));
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// Where a partition's answers come from.
+enum Place {
+    Local(Arc<PartitionStore>),
+    Remote(Owner),
+    Moving,
+}
+
+impl ApiState {
+    fn partition_of(&self, account: &str) -> Option<i32> {
+        let partitions = self.routing.partitions.load(Ordering::Acquire);
+        (partitions > 0).then(|| self.routing.partitioner.partition(account.as_bytes(), partitions))
+    }
+
+    /// Local if this instance serves `partition`; else its owner, unless the request was already
+    /// forwarded once (then the directory that sent it here is stale: the partition is moving).
+    fn locate(&self, partition: i32, headers: &HeaderMap) -> Place {
+        if let Some(store) = self.registry.store(partition) {
+            return Place::Local(store);
+        }
+        if headers.contains_key(FORWARDED) || self.registry.is_preparing(partition) {
+            return Place::Moving;
+        }
+        match self.routing.directory.owner(partition) {
+            Some(owner) if owner.instance_id != self.routing.instance_id => Place::Remote(owner),
+            _ => Place::Moving,
+        }
+    }
+
+    async fn forward(&self, partition: i32, owner: &Owner, request: &RequestParts) -> Response {
+        let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        match self.routing.forwarder.get(&owner.url, target, &request.headers).await {
+            Ok(response) => response,
             Err(e) => {
-                // The detail goes to the log, never to the client.
-                state.metrics.handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: {e}"));
-                return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                self.metrics.handled_error(
+                    ErrorKind::Forward,
+                    &format_args!("partition {partition} to {} at {}: {e}", owner.instance_id, owner.url),
+                );
+                moving(Some(partition))
             }
         }
     }
-    (StatusCode::NOT_FOUND, Json(json!({ "error": "account not found", "account_id": account_id }))).into_response()
+}
+
+/// What a handler needs of the request to forward it.
+struct RequestParts {
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+}
+
+#[derive(Deserialize)]
+struct AsOfQuery {
+    as_of: Option<String>,
+}
+
+/// Parses an RFC 3339 `as_of` into event-time micros, or the 400 to answer.
+#[allow(clippy::result_large_err)] // The error is the response itself, built once per bad request.
+fn parse_as_of(as_of: Option<&str>) -> Result<Option<i64>, Response> {
+    let Some(text) = as_of else { return Ok(None) };
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| Some(t.timestamp_micros()))
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "as_of must be an RFC 3339 timestamp, e.g. 2024-03-11T15:57:09Z"))
+}
+
+fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+fn balances_json(balances: &[(Currency, Amount)]) -> serde_json::Map<String, serde_json::Value> {
+    balances.iter().map(|(currency, amount)| (currency.as_str().to_owned(), json!(amount.to_string()))).collect()
+}
+
+/// The refusal for an `as_of` before the history the partition holds.
+fn before_history(floor: i64) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({
+            "error": "as_of is before the history this partition holds (history starts after a restore from a \
+                      snapshot, an upgrade, or state.history_retention)",
+            "history_from": rfc3339(floor),
+        })),
+    )
+        .into_response()
+}
+
+async fn account(
+    State(state): State<ApiState>,
+    Path(account_id): Path<String>,
+    Query(query): Query<AsOfQuery>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let as_of = match parse_as_of(query.as_of.as_deref()) {
+        Ok(as_of) => as_of,
+        Err(refusal) => return refusal,
+    };
+    let Some(partition) = state.partition_of(&account_id) else { return moving(None) };
+    let store = match state.locate(partition, &headers) {
+        Place::Local(store) => store,
+        Place::Remote(owner) => return state.forward(partition, &owner, &RequestParts { uri, headers }).await,
+        Place::Moving => return moving(Some(partition)),
+    };
+    let read = match store.read_account(&account_id, as_of) {
+        Ok(Some(read)) => read,
+        Ok(None) => {
+            return (StatusCode::NOT_FOUND, Json(json!({ "error": "account not found", "account_id": account_id })))
+                .into_response()
+        }
+        Err(e) => return internal(&state, partition, &e),
+    };
+    let mut body = json!({
+        "account_id": account_id,
+        "partition": partition,
+        "offset": read.next_offset,
+        "served_by": state.routing.instance_id,
+    });
+    let balances = match as_of {
+        None => read.balances,
+        Some(time) if time < read.history_floor_micros => return before_history(read.history_floor_micros),
+        Some(time) => {
+            body["as_of"] = json!(rfc3339(time));
+            balances_as_of(&read.balances, &read.later_history, time)
+        }
+    };
+    body["balances"] = serde_json::Value::Object(balances_json(&balances));
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    before: Option<i64>,
+}
+
+/// Largest page of the audit trail.
+const MAX_PAGE: usize = 1000;
+
+async fn transactions(
+    State(state): State<ApiState>,
+    Path(account_id): Path<String>,
+    Query(query): Query<PageQuery>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000 (default 100)");
+    }
+    let Some(partition) = state.partition_of(&account_id) else { return moving(None) };
+    let store = match state.locate(partition, &headers) {
+        Place::Local(store) => store,
+        Place::Remote(owner) => return state.forward(partition, &owner, &RequestParts { uri, headers }).await,
+        Place::Moving => return moving(Some(partition)),
+    };
+    let page = match store.history_page(&account_id, query.before, limit) {
+        Ok(page) => page,
+        Err(e) => return internal(&state, partition, &e),
+    };
+    let entries: Vec<serde_json::Value> = page.entries.iter().map(entry_json).collect();
+    let mut body = json!({
+        "account_id": account_id,
+        "partition": partition,
+        "offset": page.next_offset,
+        "served_by": state.routing.instance_id,
+        "transactions": entries,
+    });
+    if page.more {
+        body["next_before"] = json!(page.entries.last().map(|e| e.offset));
+    }
+    Json(body).into_response()
+}
+
+fn entry_json(entry: &HistoryEntry) -> serde_json::Value {
+    let mut out = json!({ "offset": entry.offset, "outcome": entry.outcome.as_str() });
+    if !entry.transaction_id.is_empty() {
+        out["transaction_id"] = json!(entry.transaction_id);
+    }
+    if let Some(kind) = entry.kind {
+        out["type"] = json!(kind.as_str());
+    }
+    if let Some(time) = entry.event_time_micros {
+        out["timestamp"] = json!(rfc3339(time));
+    }
+    if let Some((amount, currency)) = entry.effect {
+        out["effect"] = json!({ "amount": amount.to_string(), "currency": currency.as_str() });
+    }
+    if let Some(reverses) = &entry.reverses {
+        out["reverses"] = json!(reverses);
+    }
+    if let Some(reason) = &entry.reason {
+        out["reason"] = json!(reason);
+    }
+    out
+}
+
+const NDJSON: &str = "application/x-ndjson";
+
+/// One partition's accounts at `as_of` (or now), as NDJSON lines, from local state only.
+async fn partition_balances(
+    State(state): State<ApiState>,
+    Path(partition): Path<i32>,
+    Query(query): Query<AsOfQuery>,
+) -> Response {
+    let as_of = match parse_as_of(query.as_of.as_deref()) {
+        Ok(as_of) => as_of,
+        Err(refusal) => return refusal,
+    };
+    let Some(store) = state.registry.store(partition) else { return moving(Some(partition)) };
+    let scan = tokio::task::spawn_blocking(move || scan_partition(&store, partition, as_of)).await;
+    match scan {
+        Ok(Ok(Ok(lines))) => ([(header::CONTENT_TYPE, NDJSON)], lines).into_response(),
+        Ok(Ok(Err(floor))) => before_history(floor),
+        Ok(Err(e)) => internal(&state, partition, &e),
+        Err(e) => internal(&state, partition, &e),
+    }
+}
+
+/// The NDJSON lines of one partition, or the history floor that `as_of` is before.
+fn scan_partition(
+    store: &PartitionStore,
+    partition: i32,
+    as_of: Option<i64>,
+) -> Result<Result<Vec<u8>, i64>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    let offset = std::cell::Cell::new(0);
+    let mut refused = None;
+    store.scan_balances_as_of(
+        as_of,
+        |next_offset, floor| {
+            offset.set(next_offset);
+            if as_of.is_some_and(|time| time < floor) {
+                refused = Some(floor);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        },
+        |account, balances| {
+            if !balances.is_empty() {
+                let line = json!({
+                    "account_id": account,
+                    "balances": balances_json(&balances),
+                    "partition": partition,
+                    "offset": offset.get(),
+                });
+                serde_json::to_writer(&mut out, &line).expect("writing to a Vec");
+                out.push(b'\n');
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(match refused {
+        Some(floor) => Err(floor),
+        None => Ok(out),
+    })
+}
+
+/// Every account's balances at `as_of` (or now), gathered from every instance, as NDJSON. Every
+/// partition must have a known owner first (else 503); a partition that fails part-way aborts the
+/// stream, so a client never mistakes a partial answer for a whole one.
+async fn all_balances(
+    State(state): State<ApiState>,
+    Query(query): Query<AsOfQuery>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = parse_as_of(query.as_of.as_deref()) {
+        return refusal;
+    }
+    let partitions = state.routing.partitions.load(Ordering::Acquire);
+    if partitions <= 0 {
+        return moving(None);
+    }
+    let mut places = Vec::new();
+    for partition in 0..partitions {
+        match state.locate(partition, &HeaderMap::new()) {
+            Place::Moving => return moving(Some(partition)),
+            place => places.push((partition, place)),
+        }
+    }
+    let query_string = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for (partition, place) in places {
+            let path = format!("/v1/partitions/{partition}/balances{query_string}");
+            let response = match place {
+                Place::Local(_) | Place::Moving => {
+                    partition_balances(
+                        State(state.clone()),
+                        Path(partition),
+                        Query(AsOfQuery { as_of: query.as_of.clone() }),
+                    )
+                    .await
+                }
+                Place::Remote(owner) => {
+                    let parts = RequestParts { uri: path.parse().expect("a valid path"), headers: headers.clone() };
+                    state.forward(partition, &owner, &parts).await
+                }
+            };
+            if response.status() != StatusCode::OK {
+                let why = format!("partition {partition} answered {}", response.status());
+                let _ = tx.send(Err(std::io::Error::other(why))).await;
+                return;
+            }
+            let mut body = response.into_body().into_data_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(std::io::Error::other);
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
@@ -168,15 +523,15 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
 async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     // The matched route template, never the raw path: labels stay bounded.
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.http_requests.with_label_values(&[&route, response.status().as_str()]).inc();
+    state.metrics.http_request(&route, response.status().as_str(), started.elapsed());
     response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Amount, Currency};
     use crate::registry::PartitionHandle;
     use axum::body::Body;
     use tower::ServiceExt;
@@ -190,7 +545,23 @@ mod tests {
         batch.commit(1, 0).unwrap();
         let registry = Arc::new(PartitionRegistry::default());
         registry.insert(Arc::new(PartitionHandle::new(0, Arc::new(store))));
-        router(ApiState { registry, metrics: Metrics::new(), guard: Arc::new(guard) })
+        router(ApiState {
+            registry,
+            metrics: Metrics::new(),
+            guard: Arc::new(guard),
+            routing: Arc::new(one_partition()),
+        })
+    }
+
+    /// Routing for a one-partition input served here.
+    fn one_partition() -> Routing {
+        Routing {
+            instance_id: "test".into(),
+            partitioner: Partitioner::Murmur2,
+            partitions: AtomicI32::new(1),
+            directory: Arc::new(Directory::default()),
+            forwarder: Forwarder::new("test", std::time::Duration::from_secs(1)),
+        }
     }
 
     async fn get(app: &Router, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
@@ -260,5 +631,57 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+        let documented: std::collections::BTreeSet<&str> =
+            doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+        let served: std::collections::BTreeSet<&str> =
+            V1_ROUTES.iter().copied().chain(["/livez", "/readyz", "/metrics"]).collect();
+        assert_eq!(documented, served);
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(Guard::new(None, 16 << 10, 0), dir.path());
+        for path in documented {
+            let concrete = path.replace("{account_id}", "acct-1").replace("{partition}", "0");
+            let response = app
+                .clone()
+                .oneshot(axum::http::Request::builder().uri(&concrete).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert!(
+                [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(&response.status()),
+                "{concrete}: {}",
+                response.status()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_account_of_a_partition_nobody_serves_gets_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let registry = Arc::new(PartitionRegistry::default());
+        registry.insert(Arc::new(PartitionHandle::new(0, Arc::new(store))));
+        let routing = one_partition();
+        routing.partitions.store(64, Ordering::Release);
+        let app = router(ApiState {
+            registry,
+            metrics: Metrics::new(),
+            guard: Arc::new(Guard::new(None, 16 << 10, 0)),
+            routing: Arc::new(routing),
+        });
+        // Some of these accounts live in partitions 1..63, which no instance announced.
+        let mut moving = 0;
+        for n in 0..20 {
+            let (status, headers) = get(&app, &format!("/v1/accounts/a{n}"), &[]).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(headers[header::RETRY_AFTER], "1");
+                moving += 1;
+            }
+        }
+        assert!(moving > 10, "{moving}");
     }
 }

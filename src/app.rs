@@ -1,6 +1,6 @@
 //! Wiring: HTTP server, topic setup with retries, the consumer thread, and a bounded shutdown.
 
-use crate::api::{self, ApiState, Guard};
+use crate::api::{self, ApiState, Forwarder, Guard, Routing};
 use crate::config::Config;
 use crate::kafka::consumer::{self, ConsumerParts};
 use crate::kafka::dead_letter::DeadLetterProducer;
@@ -8,11 +8,14 @@ use crate::kafka::topics::{TopicAdmin, TopicLayout};
 use crate::kafka::KafkaContext;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::PartitionRegistry;
+use crate::routing::announcer::{Announcer, Identity};
+use crate::routing::{directory, Directory};
 use crate::snapshot::writer::SnapshotWriter;
 use crate::store::StoreEnv;
 use anyhow::{anyhow, Context};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -51,6 +54,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot use state.dir = {}", config.state.dir.display()))?,
     );
     let registry = Arc::new(PartitionRegistry::default());
+    metrics.watch(&registry, &env);
     let shutdown = CancellationToken::new();
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -61,18 +65,34 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Validated at load: an unreadable token file already stopped start-up with the key named.
     let token = config.http.resolve_auth_token()?;
     let guard = Guard::new(token, config.http.max_request_size.0, config.http.rate_limit);
-    let app =
-        api::router(ApiState { registry: Arc::clone(&registry), metrics: metrics.clone(), guard: Arc::new(guard) });
+    let identity = Identity {
+        instance_id: config.routing.effective_instance_id(&config.kafka),
+        url: config.routing.effective_url(http_addr),
+    };
+    let routing = Arc::new(Routing {
+        instance_id: identity.instance_id.clone(),
+        partitioner: config.kafka.partitioner,
+        partitions: AtomicI32::new(0),
+        directory: Arc::new(Directory::default()),
+        forwarder: Forwarder::new(&identity.instance_id, config.routing.forward_timeout),
+    });
+    let app = api::router(ApiState {
+        registry: Arc::clone(&registry),
+        metrics: metrics.clone(),
+        guard: Arc::new(guard),
+        routing: Arc::clone(&routing),
+    });
     let http = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned()).into_future(),
     );
-    tracing::info!(%http_addr, "http api listening");
+    tracing::info!(%http_addr, instance_id = %identity.instance_id, url = %identity.url, "http api listening");
 
     let task = tokio::spawn(pipeline(
         Arc::clone(&config),
         metrics.clone(),
         env,
         Arc::clone(&registry),
+        (routing, identity),
         shutdown.clone(),
         http_stop,
         http,
@@ -91,16 +111,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     running.wait().await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pipeline(
     config: Arc<Config>,
     metrics: Metrics,
     env: Arc<StoreEnv>,
     registry: Arc<PartitionRegistry>,
+    routing: (Arc<Routing>, Identity),
     shutdown: CancellationToken,
     http_stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
 ) -> anyhow::Result<()> {
-    let result = consume(config.clone(), metrics, env, registry, shutdown.clone()).await;
+    let result = consume(config.clone(), metrics, env, registry, routing, shutdown.clone()).await;
     shutdown.cancel();
     http_stop.cancel();
     let _ = http.await;
@@ -116,12 +138,25 @@ async fn consume(
     metrics: Metrics,
     env: Arc<StoreEnv>,
     registry: Arc<PartitionRegistry>,
+    (routing, identity): (Arc<Routing>, Identity),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let context = KafkaContext { metrics: metrics.clone() };
     let admin = Arc::new(TopicAdmin::new(&config, context.clone()).context("invalid Kafka client settings")?);
     let Some(layout) = setup_topics(&admin, &metrics, &shutdown).await? else { return Ok(()) };
     drop(admin);
+    routing.partitions.store(layout.input_partitions, Ordering::Release);
+    let announcer =
+        Announcer::new(&config, identity, Arc::clone(&registry), Arc::clone(&routing.directory), metrics.clone())
+            .context("cannot create the routing announcer")?;
+    let announcer_stop = shutdown.clone();
+    let announcer =
+        std::thread::Builder::new().name("ledgerd-announce".into()).spawn(move || announcer.run(&announcer_stop))?;
+    let (reader_config, directory, reader_metrics, reader_stop) =
+        (Arc::clone(&config), Arc::clone(&routing.directory), metrics.clone(), shutdown.clone());
+    let directory_reader = std::thread::Builder::new()
+        .name("ledgerd-directory".into())
+        .spawn(move || directory::run(&reader_config, &directory, &reader_metrics, &reader_stop))?;
     let dead_letters = DeadLetterProducer::new(&config.kafka, layout.dlq_partitions, context.clone())
         .context("cannot create the dead-letter producer")?;
     let writer = SnapshotWriter::new(Arc::clone(&config), Arc::clone(&registry), context)
@@ -144,7 +179,12 @@ async fn consume(
         done = done_rx => {
             // The consumer has released every partition, so no round is running; the writer
             // notices the cancelled token within its tick.
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = writer.join();
+                let _ = announcer.join();
+                let _ = directory_reader.join();
+            })
+            .await;
             match done {
                 Ok(result) => result.map_err(Into::into),
                 Err(_) => Err(anyhow!("the consumer thread panicked")),

@@ -5,6 +5,7 @@
 //! defaults, so a missing file or key means the documented default.
 
 use crate::input::InputFormat;
+use crate::routing::Partitioner;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -39,6 +40,7 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     pub snapshot: SnapshotConfig,
     pub http: HttpConfig,
+    pub routing: RoutingConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -60,6 +62,9 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Replication factor for topics ledgerd creates; -1 is the broker's default.
     pub replication_factor: i32,
+    /// The partitioner the input's producers use, so the API finds an account's partition:
+    /// "murmur2" (Java clients' default) or "consistent" (librdkafka's default, CRC32).
+    pub partitioner: Partitioner,
     /// Extra librdkafka properties for every client (TLS, SASL, tuning), e.g.
     /// `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
@@ -74,6 +79,7 @@ impl Default for KafkaConfig {
             input_topic: "transactions".into(),
             dlq_topic: "transactions-dlq".into(),
             replication_factor: -1,
+            partitioner: Partitioner::Murmur2,
             properties: BTreeMap::new(),
         }
     }
@@ -101,6 +107,10 @@ pub struct StateConfig {
     /// is reused as is if the partition comes back before then).
     #[serde(with = "humantime_serde")]
     pub release_grace: Duration,
+    /// How much event time of per-account history (audit trail, point-in-time balances) is kept,
+    /// behind the partition's newest event; "0s" keeps all of it. Older entries go at compaction.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
 }
 
 impl Default for StateConfig {
@@ -110,6 +120,7 @@ impl Default for StateConfig {
             block_cache_size: ByteSize(256 << 20),
             write_buffer_size: ByteSize(64 << 20),
             release_grace: Duration::from_secs(600),
+            history_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -222,6 +233,74 @@ impl HttpConfig {
         }
         Ok(Some(token.to_owned()))
     }
+}
+
+/// `[routing]`: how instances find each other, so any of them answers for any account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Log-compacted topic (one partition) where instances announce the partitions they serve;
+    /// created when missing.
+    pub topic: String,
+    /// This instance's name among its peers; empty: `kafka.group_instance_id` when set, else
+    /// `<hostname>-<pid>`.
+    pub instance_id: String,
+    /// The URL other instances reach this one's API at (e.g. `http://ledgerd-0.ledgerd:8080`);
+    /// empty: `http://<http.listen>`, with the host name instead of an unspecified address.
+    pub advertised_url: String,
+    /// Announce at least this often (and at once on every change); silence for three intervals
+    /// expires an instance's claims.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// A forwarded request not answered within this time gets 503.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            topic: "ledgerd-instances".into(),
+            instance_id: String::new(),
+            advertised_url: String::new(),
+            announce_interval: Duration::from_secs(5),
+            forward_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RoutingConfig {
+    /// The instance id in force (see `instance_id`).
+    pub fn effective_instance_id(&self, kafka: &KafkaConfig) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        if !kafka.group_instance_id.is_empty() {
+            return kafka.group_instance_id.clone();
+        }
+        format!("{}-{}", host_name(), std::process::id())
+    }
+
+    /// The advertised URL in force, given the address the API really listens on.
+    pub fn effective_url(&self, listening: SocketAddr) -> String {
+        if !self.advertised_url.is_empty() {
+            return self.advertised_url.trim_end_matches('/').to_owned();
+        }
+        if listening.ip().is_unspecified() {
+            format!("http://{}:{}", host_name(), listening.port())
+        } else {
+            format!("http://{listening}")
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "ledgerd".into())
 }
 
 /// Log line format.
@@ -445,6 +524,26 @@ impl Config {
         }
         if self.dedupe.window < Duration::from_secs(1) {
             return Err(invalid("dedupe.window", "must be at least 1s (default \"7d\")"));
+        }
+        let routing = &self.routing;
+        if routing.topic.trim().is_empty() {
+            return Err(invalid("routing.topic", "is empty"));
+        }
+        if [&k.input_topic, &k.dlq_topic, topic].contains(&&routing.topic) {
+            return Err(invalid("routing.topic", "must differ from the input, dead-letter and snapshot topics"));
+        }
+        if !routing.advertised_url.is_empty() && !routing.advertised_url.starts_with("http://") {
+            return Err(invalid(
+                "routing.advertised_url",
+                "must start with http:// (e.g. \"http://ledgerd-0.ledgerd:8080\"); instances forward to each other \
+                 over plain HTTP inside the cluster",
+            ));
+        }
+        if routing.announce_interval < Duration::from_millis(100) {
+            return Err(invalid("routing.announce_interval", "must be at least 100ms (default \"5s\")"));
+        }
+        if routing.forward_timeout.is_zero() {
+            return Err(invalid("routing.forward_timeout", "must be > 0 (default \"5s\")"));
         }
         if self.shutdown.timeout.is_zero() {
             return Err(invalid("shutdown.timeout", "must be > 0"));

@@ -99,10 +99,12 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let mut config = Config::default();
     config.kafka.bootstrap_servers = mock.bootstrap_servers();
     config.kafka.group_id = "ledgerd-demo".into();
-    // The mock cluster cannot create topics through the admin API: create all three here.
+    // The mock cluster cannot create topics through the admin API: create them all here.
     for topic in [&config.kafka.input_topic, &config.kafka.dlq_topic, &config.snapshot.topic] {
         mock.create_topic(topic, PARTITIONS, 1).with_context(|| format!("cannot create topic {topic}"))?;
     }
+    let routing = &config.routing.topic;
+    mock.create_topic(routing, 1, 1).with_context(|| format!("cannot create topic {routing}"))?;
     let temp = tempfile_dir()?;
     config.state.dir = args.state_dir.clone().unwrap_or_else(|| temp.join("state"));
     config.http.listen = args.http_listen;
@@ -196,8 +198,12 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Produces all records and returns, per partition, the offset after its last record.
 async fn produce(config: &Config, records: &[Record]) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &config.kafka.bootstrap_servers).set("linger.ms", "5").create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        // The Java clients' partitioner, which kafka.partitioner = "murmur2" (the default) expects.
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()?;
     let mut deliveries = Vec::with_capacity(records.len());
     for record in records {
         let future = producer

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod partition;
 pub mod registry;
+pub mod routing;
 pub mod snapshot;
 pub mod store;
 

@@ -30,6 +30,9 @@ pub struct Workload {
     pub duplicates: usize,
     /// Records that must be applied.
     pub applied: usize,
+    /// Every applied event in stream order: account, event time (micros), USD effect in cents.
+    /// Point-in-time balances at `T` sum the effects with an event time at or before `T`.
+    pub applied_events: Vec<(String, i64, i128)>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +50,9 @@ pub struct Shape {
     /// events old, so they stay inside ledgerd's dedupe window (older ids are forgotten by design
     /// and a re-delivery of one would be applied again, which the expectation does not model).
     pub recent_events: usize,
+    /// Each event's time moves by up to this many seconds either way, so event time is not in
+    /// stream order (0: in order).
+    pub timestamp_jitter_seconds: u32,
 }
 
 impl Default for Shape {
@@ -60,6 +66,7 @@ impl Default for Shape {
             reversal_rate: 0.005,
             seconds_per_event: 1,
             recent_events: usize::MAX,
+            timestamp_jitter_seconds: 0,
         }
     }
 }
@@ -90,13 +97,19 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
     let mut expected: BTreeMap<String, i128> = BTreeMap::new();
     let mut history: BTreeMap<usize, Vec<Applied>> = BTreeMap::new();
     let (mut dead_letters, mut duplicates, mut applied) = (0, 0, 0);
+    let mut applied_events = Vec::new();
     let accounts: Vec<String> = (0..shape.accounts).map(|i| format!("acct-{i:05}-{:x}", seed % 4096)).collect();
 
     let start = chrono::NaiveDate::from_ymd_opt(2024, 6, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).expect("valid date");
     for i in 0..shape.events {
         let a = rng.random_range(0..accounts.len());
         let account = &accounts[a];
-        let at = start + chrono::Duration::seconds(i as i64 * i64::from(shape.seconds_per_event));
+        let mut at = start + chrono::Duration::seconds(i as i64 * i64::from(shape.seconds_per_event));
+        if shape.timestamp_jitter_seconds > 0 {
+            let jitter = i64::from(shape.timestamp_jitter_seconds);
+            at += chrono::Duration::seconds(rng.random_range(-jitter..=jitter));
+        }
+        let micros = at.and_utc().timestamp_micros();
         // Alternate explicit UTC and zone-less timestamps (both mean UTC).
         let ts = at.format(if i % 2 == 0 { "%Y-%m-%dT%H:%M:%SZ" } else { "%Y-%m-%dT%H:%M:%S" }).to_string();
         let roll: f64 = rng.random();
@@ -151,6 +164,7 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
                 );
                 let fixture = Fixture::json(account, &value);
                 *expected.entry(account.clone()).or_default() += delta;
+                applied_events.push((account.clone(), micros, delta));
                 past.push(Applied { index: i, id, delta, fixture: fixture.clone(), reversible: false });
                 records.push(fixture);
                 applied += 1;
@@ -174,11 +188,12 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
         );
         let fixture = Fixture::json(account, &value);
         *expected.entry(account.clone()).or_default() += delta;
+        applied_events.push((account.clone(), micros, delta));
         past.push(Applied { index: i, id, delta, fixture: fixture.clone(), reversible: true });
         records.push(fixture);
         applied += 1;
     }
-    Workload { records, expected, dead_letters, duplicates, applied }
+    Workload { records, expected, dead_letters, duplicates, applied, applied_events }
 }
 
 /// Formats cents as a decimal string with two places (for expectation files and messages).

@@ -4,7 +4,7 @@
 
 use crate::store::PartitionStore;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -57,17 +57,38 @@ pub struct PartitionRegistry {
     /// Set once the instance has joined its group and received a first assignment.
     joined: AtomicBool,
     stopping: AtomicBool,
+    /// Bumped whenever the set of ready partitions changes (the announcer watches it).
+    version: AtomicU64,
 }
 
 impl PartitionRegistry {
     pub fn insert(&self, handle: Arc<PartitionHandle>) {
         self.preparing.write().unwrap_or_else(|e| e.into_inner()).remove(&handle.partition);
         self.owned.write().unwrap_or_else(|e| e.into_inner()).insert(handle.partition, handle);
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn remove(&self, partition: i32) -> Option<Arc<PartitionHandle>> {
         self.preparing.write().unwrap_or_else(|e| e.into_inner()).remove(&partition);
-        self.owned.write().unwrap_or_else(|e| e.into_inner()).remove(&partition)
+        let removed = self.owned.write().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+        self.version.fetch_add(1, Ordering::AcqRel);
+        removed
+    }
+
+    /// Changes whenever a partition becomes ready or leaves.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The store of `partition` if it is owned and ready here.
+    pub fn store(&self, partition: i32) -> Option<Arc<PartitionStore>> {
+        let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
+        owned.get(&partition).map(|h| Arc::clone(&h.store))
+    }
+
+    /// Whether `partition` is assigned here but still restoring.
+    pub fn is_preparing(&self, partition: i32) -> bool {
+        self.preparing.read().unwrap_or_else(|e| e.into_inner()).contains(&partition)
     }
 
     pub fn mark_preparing(&self, partition: i32) {

@@ -33,7 +33,9 @@ async fn json_and_protobuf_events_reach_the_api_and_bad_ones_the_dlq() {
     // The mock cluster cannot create topics through the admin API.
     mock.create_topic("transactions-dlq", PARTITIONS, 1).unwrap();
     mock.create_topic("balance-snapshots", PARTITIONS, 1).unwrap();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    mock.create_topic("ledgerd-instances", 1, 1).unwrap();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("partitioner", "murmur2_random").create().unwrap();
 
     send(&producer, "transactions", "6ad87cf1", br#"{"transaction_id":"123456789","timestamp":"2024-03-11T12:30:45","account_id":"6ad87cf1","type":"transfer","amount":5000.00,"currency":"USD"}"#, None).await;
     let payment = TransactionEvent {
@@ -70,10 +72,10 @@ async fn json_and_protobuf_events_reach_the_api_and_bad_ones_the_dlq() {
     let base = format!("http://{}", running.http_addr);
 
     let url = format!("{base}/v1/accounts/6ad87cf1");
-    let expected = r#"{"account_id":"6ad87cf1","balances":{"USD":"5000.00"}}"#;
+    let expected = r#""balances":{"USD":"5000.00"}"#;
     tokio::task::spawn_blocking(move || {
         wait_until(Duration::from_secs(60), "the reversal to be applied", || {
-            http_get(&url).is_some_and(|(status, body)| status == 200 && body == expected)
+            http_get(&url).is_some_and(|(status, body)| status == 200 && body.contains(expected))
         })
     })
     .await

@@ -136,6 +136,8 @@ fn produce(target: &TopicArgs, seed: u64, shape: &Shape, expected: &PathBuf) -> 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
+        // The Java clients' partitioner, which ledgerd's default kafka.partitioner expects.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "50")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")

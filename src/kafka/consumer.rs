@@ -6,7 +6,7 @@
 
 use super::dead_letter::DeadLetterProducer;
 use super::group::{GroupContext, LetterWait, Shared};
-use super::{client_config, KafkaContext};
+use super::{group_client_config, KafkaContext};
 use crate::config::Config;
 use crate::input::{self, InputFormat};
 use crate::metrics::{ErrorKind, Metrics};
@@ -60,7 +60,7 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         shutdown.clone(),
         prepared_tx,
     ));
-    let mut client = client_config(&config.kafka);
+    let mut client = group_client_config(&config.kafka);
     client
         .set("group.id", &config.kafka.group_id)
         .set("partition.assignment.strategy", "cooperative-sticky")

@@ -392,6 +392,10 @@ impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.client.error(error, reason)
     }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.client.consumer_statistics(&self.shared.config.kafka.input_topic, statistics)
+    }
 }
 
 impl ConsumerContext for GroupContext {

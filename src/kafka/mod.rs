@@ -14,6 +14,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde::Deserialize;
+use std::collections::HashMap;
 
 /// Settings every client shares: the brokers and the user's passthrough properties (TLS, SASL, …).
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -25,10 +27,71 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// How often librdkafka reports the group consumer's statistics, whose per-partition high
+/// watermarks feed `ledgerd_consumer_lag_records`. A `statistics.interval.ms` in `kafka.properties`
+/// wins ("0" turns the lag metrics off).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// [`client_config`] for the group consumer: with statistics, for the consumer lag. Other clients
+/// go without: their statistics would queue up unread on clients that never poll for them.
+pub fn group_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    if !config.properties.contains_key("statistics.interval.ms") {
+        client.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    }
+    client
+}
+
 /// Routes librdkafka's logs to `tracing` and counts its errors.
 #[derive(Clone)]
 pub struct KafkaContext {
     pub metrics: Metrics,
+}
+
+impl KafkaContext {
+    /// Takes the input partitions' high watermarks from the group consumer's statistics (JSON,
+    /// every `statistics.interval.ms`, delivered by `poll` on the consumer thread).
+    pub fn consumer_statistics(&self, input_topic: &str, json: &[u8]) {
+        match high_watermarks(input_topic, json) {
+            Ok(marks) => self.metrics.record_high_watermarks(marks),
+            Err(e) => self
+                .metrics
+                .handled_error(ErrorKind::KafkaClient, &format_args!("unreadable librdkafka statistics: {e}")),
+        }
+    }
+}
+
+/// The part of librdkafka's statistics JSON (see its STATISTICS.md) the lag needs.
+#[derive(Deserialize)]
+struct Statistics {
+    #[serde(default)]
+    topics: HashMap<String, TopicStatistics>,
+}
+
+#[derive(Deserialize)]
+struct TopicStatistics {
+    #[serde(default)]
+    partitions: HashMap<String, PartitionStatistics>,
+}
+
+#[derive(Deserialize)]
+struct PartitionStatistics {
+    partition: i32,
+    /// -1 until the partition was fetched.
+    hi_offset: i64,
+}
+
+/// `(partition, high watermark)` of every fetched partition of `topic`. librdkafka lists an internal
+/// partition -1 (unassigned messages), skipped.
+fn high_watermarks(topic: &str, json: &[u8]) -> Result<Vec<(i32, i64)>, serde_json::Error> {
+    let statistics: Statistics = serde_json::from_slice(json)?;
+    let Some(topic) = statistics.topics.get(topic) else { return Ok(Vec::new()) };
+    Ok(topic
+        .partitions
+        .values()
+        .filter(|p| p.partition >= 0 && p.hi_offset >= 0)
+        .map(|p| (p.partition, p.hi_offset))
+        .collect())
 }
 
 impl ClientContext for KafkaContext {
@@ -53,7 +116,61 @@ impl ClientContext for KafkaContext {
         }
         self.metrics.handled_error(ErrorKind::KafkaClient, &format_args!("{error}: {reason}"));
     }
+
+    /// Only the group consumer asks for statistics ([`group_client_config`]); its context reads
+    /// them with [`KafkaContext::consumer_statistics`]. Anything else is dropped unparsed.
+    fn stats_raw(&self, _statistics: &[u8]) {}
 }
 
 /// For consumers that never join a group (the snapshot reader): default rebalance handling.
 impl ConsumerContext for KafkaContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A consumer report in the shape librdkafka's STATISTICS.md documents, trimmed: the input topic
+    /// with two fetched partitions, one not fetched yet and the internal partition -1, and a
+    /// topic that is not the input.
+    const STATISTICS: &str = r#"{
+        "name": "rdkafka#consumer-1", "type": "consumer", "ts": 5123456789, "time": 1718000000,
+        "brokers": {"127.0.0.1:9092/1": {"name": "127.0.0.1:9092/1", "nodeid": 1, "state": "UP"}},
+        "topics": {
+            "transactions": {"topic": "transactions", "age": 5002, "metadata_age": 4000, "partitions": {
+                "0": {"partition": 0, "fetch_state": "active", "hi_offset": 1200, "ls_offset": 1200,
+                      "app_offset": 1100, "committed_offset": 1000, "consumer_lag": 200},
+                "1": {"partition": 1, "fetch_state": "active", "hi_offset": 0, "consumer_lag": -1},
+                "2": {"partition": 2, "fetch_state": "none", "hi_offset": -1, "consumer_lag": -1},
+                "-1": {"partition": -1, "fetch_state": "none", "hi_offset": -1}
+            }},
+            "balance-snapshots": {"topic": "balance-snapshots", "partitions": {
+                "0": {"partition": 0, "hi_offset": 77}
+            }}
+        },
+        "cgrp": {"state": "up", "join_state": "steady", "assignment_size": 3}
+    }"#;
+
+    #[test]
+    fn high_watermarks_come_from_the_input_topics_fetched_partitions() {
+        let mut marks = high_watermarks("transactions", STATISTICS.as_bytes()).unwrap();
+        marks.sort_unstable();
+        assert_eq!(marks, vec![(0, 1200), (1, 0)]);
+        assert_eq!(high_watermarks("elsewhere", STATISTICS.as_bytes()).unwrap(), vec![]);
+        assert!(high_watermarks("transactions", b"{not json").is_err());
+    }
+
+    #[test]
+    fn statistics_set_the_lag_of_owned_partitions_only() {
+        let metrics = Metrics::new();
+        metrics.for_partition(0).checkpointed_offset.set(1150);
+        let context = KafkaContext { metrics: metrics.clone() };
+        context.consumer_statistics("transactions", STATISTICS.as_bytes());
+        let text = metrics.render();
+        assert!(text.contains(r#"ledgerd_high_watermark_offset{partition="0"} 1200"#), "{text}");
+        assert!(text.contains(r#"ledgerd_consumer_lag_records{partition="0"} 50"#), "{text}");
+        assert!(!text.contains(r#"partition="1""#), "partition 1 is not owned here:\n{text}");
+
+        context.consumer_statistics("transactions", br#"{"topics": {"transactions": {"partitions": [1]}}}"#);
+        assert_eq!(metrics.error_count(ErrorKind::KafkaClient), 1);
+    }
+}

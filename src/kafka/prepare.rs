@@ -43,6 +43,7 @@ pub(super) enum PrepareError {
 
 /// Runs on its own thread; sends the prepared partition to the consumer thread.
 pub(super) fn run(shared: Arc<Shared>, partition: i32, generation: u64, cancel: CancellationToken) {
+    let _span = tracing::info_span!("partition", partition).entered();
     let started = Instant::now();
     match prepare(&shared, partition, &cancel) {
         Ok((state, source)) => {

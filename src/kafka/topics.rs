@@ -27,6 +27,8 @@ pub struct TopicLayout {
 
 /// Settings of the snapshot topic ledgerd creates.
 const SNAPSHOT_TOPIC_SETTINGS: &[(&str, &str)] = &[("cleanup.policy", "compact")];
+/// Settings of the routing topic: compacted, one record per instance survives.
+const ROUTING_TOPIC_SETTINGS: &[(&str, &str)] = &[("cleanup.policy", "compact")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -54,6 +56,7 @@ pub struct TopicAdmin {
     admin: AdminClient<KafkaContext>,
     config: KafkaConfig,
     snapshot_topic: String,
+    routing_topic: String,
 }
 
 impl TopicAdmin {
@@ -63,7 +66,12 @@ impl TopicAdmin {
             // topic must be compacted, with the input's partition count).
             .set("allow.auto.create.topics", "false")
             .create_with_context(context)?;
-        Ok(TopicAdmin { admin, config: config.kafka.clone(), snapshot_topic: config.snapshot.topic.clone() })
+        Ok(TopicAdmin {
+            admin,
+            config: config.kafka.clone(),
+            snapshot_topic: config.snapshot.topic.clone(),
+            routing_topic: config.routing.topic.clone(),
+        })
     }
 
     /// The topic's `cleanup.policy`; brokers that list only explicitly set configs mean the default,
@@ -129,6 +137,11 @@ impl TopicAdmin {
                 dlq_topic = %dlq, dlq_partitions, input_partitions,
                 "dead-letter topic has a different partition count; copies are spread by key instead of by source partition"
             );
+        }
+        let routing = self.routing_topic.clone();
+        if self.blocking_count(&routing).await?.is_none() {
+            // One partition: every instance reads all announcements.
+            self.create(&routing, 1, ROUTING_TOPIC_SETTINGS).await?;
         }
         let snapshot = self.snapshot_topic.clone();
         match self.blocking_count(&snapshot).await? {

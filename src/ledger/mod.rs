@@ -1,11 +1,13 @@
 //! Domain rules: money, events, and the balance reducer. Knows nothing of Kafka or RocksDB.
 
 pub mod event;
+pub mod history;
 pub mod money;
 pub mod reducer;
 pub mod reject;
 
 pub use event::{Currency, Effect, EventKind, RawEvent, TransactionEvent};
+pub use history::{HistoryEntry, HistoryOutcome};
 pub use money::Amount;
 pub use reducer::{apply, LedgerState, Outcome, TransactionRecord};
 pub use reject::{RejectReason, Rejection};

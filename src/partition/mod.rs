@@ -11,7 +11,8 @@
 
 mod overlay;
 
-use crate::ledger::{self, Rejection, TransactionEvent};
+use crate::ledger::event::MAX_ID_LEN;
+use crate::ledger::{self, Effect, HistoryEntry, HistoryOutcome, Rejection, TransactionEvent};
 use crate::metrics::PartitionMetrics;
 use crate::store::{PartitionStore, StoreError};
 use overlay::{Overlay, View};
@@ -40,6 +41,8 @@ struct Sealed {
     watermark_micros: i64,
     records: u64,
     sealed_at: Instant,
+    /// The history floor this batch's work requires (see `history_floor`).
+    history_floor: i64,
 }
 
 /// The working state of one partition.
@@ -64,6 +67,10 @@ pub struct PartitionState {
     restore_skips: HashMap<String, i64>,
     /// The largest offset in `restore_skips`; once the partition reads past it the skips go.
     restore_skips_until: i64,
+    /// Newest event time among records skipped since the last seal as already in the restored
+    /// snapshot: their effects are in the state but not in its history, so `as_of` answers are
+    /// exact only from there on.
+    history_floor: i64,
     metrics: PartitionMetrics,
 }
 
@@ -93,6 +100,7 @@ impl PartitionState {
             expiry_floor: i64::MIN,
             restore_skips_until: restore_skips.values().copied().max().unwrap_or(i64::MIN),
             restore_skips,
+            history_floor: i64::MIN,
             metrics,
         })
     }
@@ -145,6 +153,7 @@ impl PartitionState {
             Ok(event) => Some(event.account_id.as_bytes()),
             Err(_) => key,
         };
+        let mut effect = None;
         let disposition = match decoded {
             _ if account.is_some_and(|a| self.in_snapshot(a, offset)) => Disposition::InSnapshot,
             Err(rejection) => Disposition::DeadLetter(rejection.clone()),
@@ -155,8 +164,9 @@ impl PartitionState {
                     overlay: &mut self.overlay,
                 };
                 match ledger::apply(&mut view, event)? {
-                    ledger::Outcome::Applied { .. } => {
+                    ledger::Outcome::Applied { delta, currency } => {
                         self.watermark_micros = self.watermark_micros.max(event.event_time_micros);
+                        effect = Some((delta, currency));
                         Disposition::Applied
                     }
                     ledger::Outcome::Duplicate => Disposition::Duplicate,
@@ -170,9 +180,55 @@ impl PartitionState {
             Disposition::InSnapshot => self.metrics.in_snapshot.inc(),
             Disposition::DeadLetter(r) => self.metrics.dead_lettered(r.reason),
         }
+        self.record_history(offset, account, decoded, &disposition, effect);
         self.next_offset = offset + 1;
         self.records_since_checkpoint += 1;
         Ok(disposition)
+    }
+
+    /// Adds the record to its account's history (records without a usable account id have none).
+    fn record_history(
+        &mut self,
+        offset: i64,
+        account: Option<&[u8]>,
+        decoded: &Result<TransactionEvent, Rejection>,
+        disposition: &Disposition,
+        effect: Option<(ledger::Amount, ledger::Currency)>,
+    ) {
+        let event = decoded.as_ref().ok();
+        let outcome = match disposition {
+            Disposition::Applied => HistoryOutcome::Applied,
+            Disposition::Duplicate => HistoryOutcome::Duplicate,
+            Disposition::DeadLetter(_) => HistoryOutcome::DeadLettered,
+            Disposition::InSnapshot => {
+                if let Some(event) = event {
+                    self.history_floor = self.history_floor.max(event.event_time_micros);
+                }
+                return;
+            }
+        };
+        let Some(account) =
+            account.filter(|a| !a.is_empty() && a.len() <= MAX_ID_LEN).and_then(|a| std::str::from_utf8(a).ok())
+        else {
+            return;
+        };
+        let entry = HistoryEntry {
+            offset,
+            outcome,
+            transaction_id: event.map(|e| e.transaction_id.clone()).unwrap_or_default(),
+            kind: event.map(|e| e.kind),
+            effect,
+            event_time_micros: event.map(|e| e.event_time_micros),
+            reverses: event.and_then(|e| match &e.effect {
+                Effect::Reversal { reverses } => Some(reverses.clone()),
+                Effect::Movement { .. } => None,
+            }),
+            reason: match disposition {
+                Disposition::DeadLetter(rejection) => Some(rejection.reason.code().to_owned()),
+                _ => None,
+            },
+        };
+        self.overlay.push_history(account.to_owned(), entry);
     }
 
     /// True when there is consumed work not yet checkpointed (sealed or not).
@@ -214,6 +270,7 @@ impl PartitionState {
             watermark_micros: self.watermark_micros,
             records: self.records_since_checkpoint,
             sealed_at: Instant::now(),
+            history_floor: std::mem::replace(&mut self.history_floor, i64::MIN),
         });
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -227,7 +284,7 @@ impl PartitionState {
         let Some(sealed) = &self.sealed else { return Ok(None) };
         let mut batch = self.store.begin();
         let mut next_floor = self.expiry_floor;
-        sealed.overlay.write_to(&mut batch, sealed.next_offset);
+        sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
         let skips_done = !self.restore_skips.is_empty() && sealed.next_offset >= self.restore_skips_until;
         if skips_done {
             batch.clear_restore_skips();
@@ -237,7 +294,7 @@ impl PartitionState {
             let (_, floor) = batch.forget_transactions_before(self.expiry_floor, cutoff, FORGET_PER_CHECKPOINT)?;
             next_floor = floor;
         }
-        batch.commit(sealed.next_offset, sealed.watermark_micros)?;
+        batch.commit_with_floor(sealed.next_offset, sealed.watermark_micros, sealed.history_floor)?;
         let sealed = self.sealed.take().expect("checked above");
         self.expiry_floor = next_floor;
         if skips_done {
@@ -354,5 +411,96 @@ mod tests {
         state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
         assert_eq!(state.checkpoint().unwrap(), Some(3));
         assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
+    }
+
+    fn event(id: &str, kind: &str, amount: &str, ts: &str, reverses: &str) -> Result<TransactionEvent, Rejection> {
+        let json = format!(
+            r#"{{"transaction_id":"{id}","timestamp":"{ts}","account_id":"6ad87cf1","type":"{kind}","amount":"{amount}","currency":"USD","reverses":"{reverses}"}}"#
+        );
+        decode(InputFormat::Json, Some(b"6ad87cf1"), Some(json.as_bytes()), None)
+    }
+
+    fn micros(ts: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(ts).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn history_answers_as_of_in_event_time_and_lists_every_record_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let mut state = open(&env);
+        let records = [
+            event("t1", "deposit", "100.00", "2024-03-10T00:00:00Z", ""),
+            // Arrives second, happened first.
+            event("t0", "deposit", "5.00", "2024-03-01T00:00:00Z", ""),
+            event("t2", "payment", "-30.00", "2024-03-12T00:00:00Z", ""),
+            event("t1", "deposit", "100.00", "2024-03-10T00:00:00Z", ""),
+            event("r2", "reversal", "0", "2024-03-15T00:00:00Z", "t2"),
+            event("t2", "payment", "-31.00", "2024-03-12T00:00:00Z", ""),
+        ];
+        let mut outcomes = Vec::new();
+        for (offset, record) in records.iter().enumerate() {
+            outcomes.push(state.process(offset as i64, Some(b"6ad87cf1"), record).unwrap());
+        }
+        state.process(6, Some(b"6ad87cf1"), &Err(Rejection::new(RejectReason::MalformedJson, "x".to_owned()))).unwrap();
+        assert_eq!(state.checkpoint().unwrap(), Some(7));
+
+        let store = state.store();
+        let usd = Currency::parse("USD").unwrap();
+        let at = |ts: &str| {
+            let read = store.read_account("6ad87cf1", Some(micros(ts))).unwrap().unwrap();
+            assert_eq!(read.next_offset, 7);
+            assert_eq!(read.history_floor_micros, i64::MIN, "new state keeps history from its first record");
+            crate::ledger::history::balances_as_of(&read.balances, &read.later_history, micros(ts))
+                .into_iter()
+                .map(|(c, a)| (c, a.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at("2024-02-01T00:00:00Z"), vec![]);
+        assert_eq!(at("2024-03-05T00:00:00Z"), vec![(usd, "5.00".into())]);
+        assert_eq!(at("2024-03-10T00:00:00Z"), vec![(usd, "105.00".into())]);
+        assert_eq!(at("2024-03-13T00:00:00Z"), vec![(usd, "75.00".into())]);
+        assert_eq!(at("2024-03-20T00:00:00Z"), vec![(usd, "105.00".into())]);
+
+        let page = store.history_page("6ad87cf1", None, 100).unwrap();
+        let listed: Vec<(i64, &str, &str)> =
+            page.entries.iter().map(|e| (e.offset, e.outcome.as_str(), e.transaction_id.as_str())).collect();
+        assert_eq!(
+            listed,
+            vec![
+                (6, "dead_lettered", ""),
+                (5, "dead_lettered", "t2"),
+                (4, "applied", "r2"),
+                (3, "duplicate", "t1"),
+                (2, "applied", "t2"),
+                (1, "applied", "t0"),
+                (0, "applied", "t1"),
+            ]
+        );
+        assert_eq!(page.entries[0].reason.as_deref(), Some("malformed_json"));
+        assert_eq!(page.entries[1].reason.as_deref(), Some("conflicting_duplicate"));
+        assert_eq!(page.entries[2].reverses.as_deref(), Some("t2"));
+        assert_eq!(page.entries[2].effect.map(|(a, _)| a.to_string()), Some("30.00".into()));
+        // Paging: two at a time, then on from the last offset seen.
+        let first = store.history_page("6ad87cf1", None, 2).unwrap();
+        assert!(first.more);
+        let second = store.history_page("6ad87cf1", Some(first.entries[1].offset), 2).unwrap();
+        assert_eq!(second.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![4, 3]);
+        assert!(store.history_page("nobody", None, 10).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn state_from_before_history_existed_opens_with_its_floor_at_its_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        {
+            let mut state = open(&env);
+            state.process(0, Some(b"6ad87cf1"), &seed("t1", "5.00", "2024-03-11T12:30:45")).unwrap();
+            state.checkpoint().unwrap();
+            crate::store::forget_history_floor(state.store());
+        }
+        let state = open(&env);
+        let read = state.store().read_account("6ad87cf1", None).unwrap().unwrap();
+        assert_eq!(read.history_floor_micros, micros("2024-03-11T12:30:45Z"));
     }
 }

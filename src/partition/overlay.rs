@@ -1,6 +1,6 @@
 //! The uncheckpointed changes of a partition, and the reducer's view: overlay first, store second.
 
-use crate::ledger::{Amount, Currency, LedgerState, TransactionRecord};
+use crate::ledger::{Amount, Currency, HistoryEntry, LedgerState, TransactionRecord};
 use crate::store::{Checkpoint, PartitionStore, StoreError};
 use std::collections::HashMap;
 
@@ -16,6 +16,8 @@ struct AccountChanges {
 #[derive(Default)]
 pub(super) struct Overlay {
     accounts: HashMap<String, AccountChanges>,
+    /// What became of each record, by account, in offset order.
+    history: Vec<(String, HistoryEntry)>,
 }
 
 impl Overlay {
@@ -36,8 +38,15 @@ impl Overlay {
         self.accounts.get(account)?.transactions.get(transaction_id)
     }
 
-    /// Adds the changes to `batch`, which will be committed with `next_offset`.
-    pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64) {
+    pub(super) fn push_history(&mut self, account: String, entry: HistoryEntry) {
+        self.history.push((account, entry));
+    }
+
+    /// Adds the changes to `batch`, which will be committed with `next_offset` and `watermark_micros`.
+    pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64, watermark_micros: i64) {
+        for (account, entry) in &self.history {
+            batch.put_history(account, entry, watermark_micros);
+        }
         for (account, changes) in &self.accounts {
             for (currency, balance) in &changes.balances {
                 batch.put_balance(account, *currency, *balance, next_offset);

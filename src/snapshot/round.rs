@@ -161,12 +161,18 @@ const LOAD_CHUNK: usize = 5_000;
 /// Writes `plan` into `store`, which must be empty. Intermediate chunks are unsynced and carry no
 /// next offset, so a crash part-way leaves state that the next open recognises as incomplete; the
 /// final batch sets the next offset (`restore_from`) and is synced.
+///
+/// The restored state has no history of what the snapshot holds, so its history floor is the
+/// newest event time known to be in it (records skipped during replay as already in the snapshot
+/// raise it further, see `partition`).
 pub fn load(store: &PartitionStore, plan: &RestorePlan) -> Result<(), StoreError> {
+    let newest_restored = plan.accounts.iter().flat_map(|(image, _)| &image.transactions);
+    let floor = newest_restored.map(|(_, record)| record.event_time_micros).fold(plan.watermark_micros, i64::max);
     let mut chunks = plan.accounts.chunks(LOAD_CHUNK).peekable();
     if chunks.peek().is_none() {
         let mut batch = store.begin();
         batch.put_snapshot_through(plan.restore_from);
-        return batch.commit(plan.restore_from, plan.watermark_micros);
+        return batch.commit_with_floor(plan.restore_from, plan.watermark_micros, floor);
     }
     while let Some(chunk) = chunks.next() {
         let mut batch = store.begin();
@@ -185,7 +191,7 @@ pub fn load(store: &PartitionStore, plan: &RestorePlan) -> Result<(), StoreError
             batch.write_partial()?;
         } else {
             batch.put_snapshot_through(plan.restore_from);
-            batch.commit(plan.restore_from, plan.watermark_micros)?;
+            batch.commit_with_floor(plan.restore_from, plan.watermark_micros, floor)?;
         }
     }
     Ok(())

@@ -162,6 +162,7 @@ impl SnapshotWriter {
             return;
         }
         let partition = handle.partition;
+        let _span = tracing::info_span!("partition", partition).entered();
         let started = Instant::now();
         let mut abort_after = self.abort_after.lock().unwrap_or_else(|e| e.into_inner());
         let mut sink = KafkaSink {

@@ -11,6 +11,7 @@
 //! | `transactions` | account prefix, transaction id                 | format byte + protobuf      |
 //! | `txn_expiry`   | event time (u64 BE, sign-flipped), account prefix, transaction id | empty    |
 //! | `restore_skip` | account prefix                                 | i64 BE: the account's snapshot offset |
+//! | `history`      | account prefix, input offset (i64 BE)          | format byte, retention time, protobuf |
 
 use crate::ledger::Currency;
 
@@ -21,7 +22,9 @@ pub const CF_TXN_EXPIRY: &str = "txn_expiry";
 /// Accounts restored from a snapshot record newer than the restore point: input records of that
 /// account below the stored offset are already in its state and must not be applied again.
 pub const CF_RESTORE_SKIP: &str = "restore_skip";
-pub const ALL_CFS: [&str; 5] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_TXN_EXPIRY, CF_RESTORE_SKIP];
+/// Every input record of an account, by offset: the audit trail and point-in-time balances.
+pub const CF_HISTORY: &str = "history";
+pub const ALL_CFS: [&str; 6] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_TXN_EXPIRY, CF_RESTORE_SKIP, CF_HISTORY];
 
 /// Named entries of the `meta` column family.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,9 @@ pub enum MetaKey {
     /// The input offset of this partition's newest snapshot round whose marker the broker
     /// acknowledged (i64 BE); the next round writes the accounts changed since.
     SnapshotThrough,
+    /// Event time (i64 BE micros) from which the history is complete: every applied record with a
+    /// later event time is in `history`. Raised by retention and set by restores and migration.
+    HistoryFloor,
 }
 
 impl MetaKey {
@@ -47,6 +53,7 @@ impl MetaKey {
             MetaKey::NextOffset => b"next_offset",
             MetaKey::Watermark => b"watermark",
             MetaKey::SnapshotThrough => b"snapshot_through",
+            MetaKey::HistoryFloor => b"history_floor",
         }
     }
 }
@@ -76,6 +83,20 @@ pub fn transaction(account: &str, transaction_id: &str) -> Vec<u8> {
     push_account(&mut key, account);
     key.extend_from_slice(transaction_id.as_bytes());
     key
+}
+
+/// An account's history entry at `offset` (offsets are never negative, so BE order is numeric).
+pub fn history(account: &str, offset: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + account.len());
+    push_account(&mut key, account);
+    key.extend_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// The input offset a `history` key is filed under.
+pub fn history_offset(key: &[u8]) -> Option<i64> {
+    let (_, rest) = split_account(key)?;
+    Some(i64::from_be_bytes(rest.try_into().ok()?))
 }
 
 /// Signed micros mapped to u64 so that byte order is numeric order across negative values.

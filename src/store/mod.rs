@@ -14,16 +14,18 @@ pub mod codec;
 pub mod keys;
 
 use crate::config::StateConfig;
-use crate::ledger::{Amount, Currency, TransactionRecord};
+use crate::ledger::{Amount, Currency, HistoryEntry, TransactionRecord};
 use codec::CodecError;
-use keys::{MetaKey, CF_BALANCES, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, CF_TXN_EXPIRY};
+use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, CF_TXN_EXPIRY};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteBufferManager, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -43,6 +45,8 @@ pub struct StoreEnv {
     root: PathBuf,
     cache: Cache,
     write_buffers: WriteBufferManager,
+    /// `state.history_retention` in micros; 0 keeps all history.
+    history_retention_micros: i64,
 }
 
 /// A partition's state that was found unusable and moved out of the way.
@@ -62,7 +66,8 @@ impl StoreEnv {
             false,
             cache.clone(),
         );
-        Ok(StoreEnv { root: config.dir.clone(), cache, write_buffers })
+        let history_retention_micros = i64::try_from(config.history_retention.as_micros()).unwrap_or(i64::MAX);
+        Ok(StoreEnv { root: config.dir.clone(), cache, write_buffers, history_retention_micros })
     }
 
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
@@ -72,6 +77,21 @@ impl StoreEnv {
     /// Bytes used by the shared block cache (memtables included).
     pub fn cache_usage(&self) -> usize {
         self.cache.get_usage()
+    }
+
+    /// Bytes of the shared block cache pinned by readers and memtables.
+    pub fn cache_pinned_usage(&self) -> usize {
+        self.cache.get_pinned_usage()
+    }
+
+    /// Bytes of memtables across every partition (also counted in `cache_usage`).
+    pub fn memtable_usage(&self) -> usize {
+        self.write_buffers.get_usage()
+    }
+
+    /// `state.dir`: every partition's database lives below it.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn options(&self) -> Options {
@@ -92,9 +112,24 @@ impl StoreEnv {
         options
     }
 
-    fn open_db(&self, path: &Path) -> Result<DB, rocksdb::Error> {
+    /// Opens a partition's database. History entries with a retention time below `horizon` are
+    /// dropped when RocksDB compacts them (nothing is read back to delete them).
+    fn open_db(&self, path: &Path, horizon: &Arc<AtomicI64>) -> Result<DB, rocksdb::Error> {
         let options = self.options();
-        let cfs = keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, options.clone()));
+        let cfs = keys::ALL_CFS.iter().map(|name| {
+            let mut cf_options = options.clone();
+            if *name == CF_HISTORY {
+                let horizon = Arc::clone(horizon);
+                cf_options.set_compaction_filter(
+                    "ledgerd_history_retention",
+                    move |_level: u32, _key: &[u8], value: &[u8]| match codec::history_retention_micros(value) {
+                        Some(time) if time < horizon.load(Ordering::Relaxed) => CompactionDecision::Remove,
+                        _ => CompactionDecision::Keep,
+                    },
+                );
+            }
+            ColumnFamilyDescriptor::new(*name, cf_options)
+        });
         DB::open_cf_descriptors(&options, path, cfs)
     }
 
@@ -149,9 +184,10 @@ impl StoreEnv {
         let path = self.partition_dir(topic, partition);
         let identity = format!("{topic}\0{partition}");
         let mut set_aside = None;
-        let problem = match self.open_db(&path) {
+        let horizon = Arc::new(AtomicI64::new(i64::MIN));
+        let problem = match self.open_db(&path, &horizon) {
             Ok(db) => match check_identity(&db, &identity).and_then(|()| check_complete(&db)) {
-                Ok(()) => return Ok((PartitionStore::new(db, path, &identity)?, None)),
+                Ok(()) => return Ok((self.store(db, path, &identity, horizon)?, None)),
                 Err(reason) => reason,
             },
             // Our own previous handle may still be closing (e.g. an API read holds it for a moment
@@ -161,8 +197,20 @@ impl StoreEnv {
         };
         // The failed handle is dropped above, so the directory can be moved.
         set_aside.replace(self.set_aside(topic, partition, problem)?);
-        let db = self.open_db(&path)?;
-        Ok((PartitionStore::new(db, path, &identity)?, set_aside))
+        let db = self.open_db(&path, &horizon)?;
+        Ok((self.store(db, path, &identity, horizon)?, set_aside))
+    }
+
+    fn store(
+        &self,
+        db: DB,
+        path: PathBuf,
+        identity: &str,
+        horizon: Arc<AtomicI64>,
+    ) -> Result<PartitionStore, StoreError> {
+        let store = PartitionStore::new(db, path, identity, horizon, self.history_retention_micros)?;
+        store.history_horizon.store(store.retention_horizon(store.watermark_micros), Ordering::Relaxed);
+        Ok(store)
     }
 }
 
@@ -223,10 +271,41 @@ pub struct PartitionStore {
     path: PathBuf,
     next_offset: Option<i64>,
     watermark_micros: i64,
+    /// History entries with an older retention time may be dropped by compaction (shared with
+    /// the compaction filter).
+    history_horizon: Arc<AtomicI64>,
+    history_retention_micros: i64,
+}
+
+/// An account as of the last checkpoint, read from one consistent view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRead {
+    /// The checkpoint's next offset: the state reflects exactly the input records below it.
+    pub next_offset: i64,
+    /// `as_of` answers are exact from this event time on (see [`MetaKey::HistoryFloor`]).
+    pub history_floor_micros: i64,
+    pub balances: Vec<(Currency, Amount)>,
+    /// Retained history entries with an applied effect later than the requested time, if asked.
+    pub later_history: Vec<HistoryEntry>,
+}
+
+/// A page of an account's history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub next_offset: i64,
+    pub entries: Vec<HistoryEntry>,
+    /// Older entries exist: ask again with `before` = the last entry's offset.
+    pub more: bool,
 }
 
 impl PartitionStore {
-    fn new(db: DB, path: PathBuf, identity: &str) -> Result<PartitionStore, StoreError> {
+    fn new(
+        db: DB,
+        path: PathBuf,
+        identity: &str,
+        history_horizon: Arc<AtomicI64>,
+        history_retention_micros: i64,
+    ) -> Result<PartitionStore, StoreError> {
         let meta = db.cf_handle(CF_META).expect("opened with every column family");
         if db.get_cf(meta, MetaKey::FormatVersion.name())?.is_none() {
             let mut batch = WriteBatch::default();
@@ -239,7 +318,153 @@ impl PartitionStore {
         };
         let next_offset = read_i64(MetaKey::NextOffset)?;
         let watermark_micros = read_i64(MetaKey::Watermark)?.unwrap_or(i64::MIN);
-        Ok(PartitionStore { db, path, next_offset, watermark_micros })
+        if read_i64(MetaKey::HistoryFloor)?.is_none() {
+            // New state records history from its first record. State written before ledgerd kept
+            // history has none of what it applied: its history starts at its newest event time.
+            let floor = if next_offset.is_some() { watermark_micros } else { i64::MIN };
+            db.put_cf_opt(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(floor), &synced())?;
+        }
+        Ok(PartitionStore { db, path, next_offset, watermark_micros, history_horizon, history_retention_micros })
+    }
+
+    /// The retention horizon for a partition whose newest event time is `watermark_micros`.
+    fn retention_horizon(&self, watermark_micros: i64) -> i64 {
+        if self.history_retention_micros == 0 || watermark_micros == i64::MIN {
+            i64::MIN
+        } else {
+            watermark_micros.saturating_sub(self.history_retention_micros)
+        }
+    }
+
+    /// Reads `account` as of the last checkpoint: its balances, and when `later_than` is given,
+    /// the applied history entries with an event time after it. `None` for an unknown account.
+    pub fn read_account(&self, account: &str, later_than: Option<i64>) -> Result<Option<AccountRead>, StoreError> {
+        let view = self.db.snapshot();
+        let meta = self.cf(CF_META);
+        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
+            Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
+        };
+        let next_offset = read_i64(MetaKey::NextOffset)?.unwrap_or(0);
+        let history_floor_micros = read_i64(MetaKey::HistoryFloor)?.unwrap_or(i64::MIN);
+        let prefix = keys::account_prefix(account);
+        let mut balances = Vec::new();
+        for item in view.iterator_cf_opt(self.cf(CF_BALANCES), bounded(&prefix), IteratorMode::Start) {
+            let (key, value) = item?;
+            if let Some((_, currency)) = keys::split_balance(&key) {
+                balances.push((currency, codec::decode_balance(&value)?));
+            }
+        }
+        if balances.is_empty() {
+            return Ok(None);
+        }
+        let mut later_history = Vec::new();
+        if let Some(time) = later_than {
+            for item in view.iterator_cf_opt(self.cf(CF_HISTORY), bounded(&prefix), IteratorMode::Start) {
+                let (key, value) = item?;
+                let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
+                if entry.effect.is_some() && entry.event_time_micros.is_some_and(|t| t > time) {
+                    later_history.push(entry);
+                }
+            }
+        }
+        Ok(Some(AccountRead { next_offset, history_floor_micros, balances, later_history }))
+    }
+
+    /// Up to `limit` of `account`'s history entries with an offset below `before`, newest first,
+    /// as of the last checkpoint. Entries past the retention horizon are left out even while
+    /// compaction has not dropped them yet, so the answer does not depend on compaction timing.
+    pub fn history_page(&self, account: &str, before: Option<i64>, limit: usize) -> Result<HistoryPage, StoreError> {
+        let view = self.db.snapshot();
+        let next_offset = view
+            .get_cf(self.cf(CF_META), MetaKey::NextOffset.name())?
+            .map(|v| codec::decode_i64(&v))
+            .transpose()?
+            .unwrap_or(0);
+        let prefix = keys::account_prefix(account);
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(prefix.clone());
+        read.set_iterate_upper_bound(match before {
+            Some(offset) => keys::history(account, offset.max(0)),
+            None => prefix_end(&prefix),
+        });
+        let horizon = self.history_horizon.load(Ordering::Relaxed);
+        let mut entries = Vec::new();
+        let mut more = false;
+        for item in view.iterator_cf_opt(self.cf(CF_HISTORY), read, IteratorMode::End) {
+            let (key, value) = item?;
+            if codec::history_retention_micros(&value).is_some_and(|t| t < horizon) {
+                continue;
+            }
+            if entries.len() == limit {
+                more = true;
+                break;
+            }
+            entries.push(codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?);
+        }
+        Ok(HistoryPage { next_offset, entries, more })
+    }
+
+    /// Every account's balances at event time `as_of_micros`, from one consistent view, in key
+    /// order. Returns the checkpoint's next offset and history floor first (`None` if the state
+    /// never checkpointed), then calls `visit` per account; `visit` may stop early.
+    pub fn scan_balances_as_of(
+        &self,
+        as_of_micros: Option<i64>,
+        mut check_floor: impl FnMut(i64, i64) -> ControlFlow<()>,
+        mut visit: impl FnMut(&str, Vec<(Currency, Amount)>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let view = self.db.snapshot();
+        let meta = self.cf(CF_META);
+        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
+            Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
+        };
+        let next_offset = read_i64(MetaKey::NextOffset)?.unwrap_or(0);
+        let floor = read_i64(MetaKey::HistoryFloor)?.unwrap_or(i64::MIN);
+        if check_floor(next_offset, floor).is_break() {
+            return Ok(());
+        }
+        // The applied effects later than as_of, per account: the only history the answer needs.
+        let mut later: HashMap<String, Vec<HistoryEntry>> = HashMap::new();
+        if let Some(time) = as_of_micros {
+            for item in view.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
+                let (key, value) = item?;
+                let Some((account, _)) = keys::split_account(&key) else { continue };
+                let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
+                if entry.effect.is_some() && entry.event_time_micros.is_some_and(|t| t > time) {
+                    later.entry(account.to_owned()).or_default().push(entry);
+                }
+            }
+        }
+        let mut account = String::new();
+        let mut balances = Vec::new();
+        let mut emit = |account: &str, balances: &mut Vec<(Currency, Amount)>| {
+            let current = std::mem::take(balances);
+            let at = match as_of_micros {
+                Some(time) => crate::ledger::history::balances_as_of(
+                    &current,
+                    later.get(account).map(Vec::as_slice).unwrap_or_default(),
+                    time,
+                ),
+                None => current,
+            };
+            visit(account, at)
+        };
+        for item in view.iterator_cf(self.cf(CF_BALANCES), IteratorMode::Start) {
+            let (key, value) = item?;
+            let Some((key_account, currency)) = keys::split_balance(&key) else { continue };
+            if key_account != account {
+                if !balances.is_empty() && emit(&account, &mut balances).is_break() {
+                    return Ok(());
+                }
+                account.clear();
+                account.push_str(key_account);
+            }
+            balances.push((currency, codec::decode_balance(&value)?));
+        }
+        if !balances.is_empty() {
+            let _ = emit(&account, &mut balances);
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -482,14 +707,54 @@ impl Checkpoint<'_> {
         Ok((forgotten, floor.max(floor_micros)))
     }
 
+    /// Records what became of the input record at `entry.offset` in `account`'s history.
+    /// `watermark_micros` stands in as the retention time of a record without an event time.
+    pub fn put_history(&mut self, account: &str, entry: &HistoryEntry, watermark_micros: i64) {
+        let retention = entry.event_time_micros.unwrap_or(watermark_micros);
+        self.batch.put_cf(
+            self.store.cf(CF_HISTORY),
+            keys::history(account, entry.offset),
+            codec::encode_history(entry, retention),
+        );
+    }
+
     /// Writes everything plus the next offset and watermark in one batch, WAL synced before return.
-    pub fn commit(mut self, next_offset: i64, watermark_micros: i64) -> Result<(), StoreError> {
-        let meta = self.store.cf(CF_META);
+    pub fn commit(self, next_offset: i64, watermark_micros: i64) -> Result<(), StoreError> {
+        self.commit_with_floor(next_offset, watermark_micros, i64::MIN)
+    }
+
+    /// Like [`Checkpoint::commit`], raising the history floor to at least `history_floor_micros`:
+    /// the newest event time of work in this state that its history does not hold (a restore's
+    /// snapshot, records skipped as already in it). Retention may raise it further.
+    pub fn commit_with_floor(
+        mut self,
+        next_offset: i64,
+        watermark_micros: i64,
+        history_floor_micros: i64,
+    ) -> Result<(), StoreError> {
+        let store = self.store;
+        let meta = store.cf(CF_META);
         self.batch.put_cf(meta, MetaKey::NextOffset.name(), codec::encode_i64(next_offset));
         self.batch.put_cf(meta, MetaKey::Watermark.name(), codec::encode_i64(watermark_micros));
-        self.store.db.write_opt(self.batch, &synced())?;
+        // The floor rises before compaction may drop anything below the new horizon.
+        let horizon = store.retention_horizon(watermark_micros);
+        let wanted = horizon.max(history_floor_micros);
+        let floor = store.db.get_cf(meta, MetaKey::HistoryFloor.name())?.map(|v| codec::decode_i64(&v)).transpose()?;
+        if floor.is_none_or(|floor| wanted > floor) {
+            self.batch.put_cf(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(wanted));
+        }
+        store.db.write_opt(self.batch, &synced())?;
+        store.history_horizon.fetch_max(horizon, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Read options bounding iteration to keys starting with `prefix`.
+fn bounded(prefix: &[u8]) -> ReadOptions {
+    let mut read = ReadOptions::default();
+    read.set_iterate_lower_bound(prefix.to_vec());
+    read.set_iterate_upper_bound(prefix_end(prefix));
+    read
 }
 
 /// Checkpoints are durable when acknowledged: the group commit and the dead-letter contract rely on it.
@@ -532,8 +797,15 @@ pub(crate) fn test_env(dir: &Path) -> StoreEnv {
         block_cache_size: ByteSize(8 << 20),
         write_buffer_size: ByteSize(4 << 20),
         release_grace: std::time::Duration::from_secs(600),
+        history_retention: std::time::Duration::ZERO,
     })
     .expect("a temp dir takes a store")
+}
+
+/// Removes the history floor, as state written before ledgerd kept history lacks it.
+#[cfg(test)]
+pub(crate) fn forget_history_floor(store: &PartitionStore) {
+    store.db.delete_cf(store.cf(CF_META), MetaKey::HistoryFloor.name()).expect("a test store takes a delete");
 }
 
 #[cfg(test)]

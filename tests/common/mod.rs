@@ -2,6 +2,7 @@
 //! running real `ledgerd` processes, and waiting on conditions with timeouts.
 #![allow(dead_code)] // Each test binary uses a different part of the kit.
 
+pub mod ops;
 pub mod workload;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -82,6 +83,8 @@ pub async fn produce(brokers: &str, topic: &str, records: &[Fixture]) -> BTreeMa
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
+        // Java clients' partitioner, ledgerd's default kafka.partitioner: the API finds accounts.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "20")
         .set("batch.num.messages", "5000")
         .set("queue.buffering.max.messages", "500000")
@@ -235,7 +238,7 @@ impl Instance {
             "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\ndlq_topic = \"{}\"\n\
              [state]\ndir = \"{}\"\nblock_cache_size = \"32MiB\"\nwrite_buffer_size = \"8MiB\"\n\
              [checkpoint]\ninterval = \"{}\"\nmax_records = {}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-             [snapshot]\ntopic = \"{}\"\ninterval = \"{}\"\n\
+             [snapshot]\ntopic = \"{}\"\ninterval = \"{}\"\n[routing]\ntopic = \"{}-instances\"\n\
              [shutdown]\ntimeout = \"45s\"\n[kafka.properties]\n",
             self.brokers,
             self.group,
@@ -245,7 +248,8 @@ impl Instance {
             self.checkpoint_interval,
             self.max_records,
             self.snapshots,
-            self.snapshot_interval
+            self.snapshot_interval,
+            self.input
         );
         for (k, v) in &self.extra_properties {
             text.push_str(&format!("\"{k}\" = \"{v}\"\n"));
@@ -429,7 +433,13 @@ fn dechunk(mut body: &str) -> String {
 
 /// The balances the API reports for `account` (currency → decimal string), or `None` on 404.
 pub fn balances(instance: &Ledgerd, account: &str) -> Option<BTreeMap<String, String>> {
-    let (status, body) = instance.get(&format!("/v1/accounts/{account}"))?;
+    let (mut status, mut body) = instance.get(&format!("/v1/accounts/{account}"))?;
+    let started = Instant::now();
+    // 503: the account's partition is moving between instances; that answer says retry.
+    while status == 503 && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        (status, body) = instance.get(&format!("/v1/accounts/{account}"))?;
+    }
     if status == 404 {
         return None;
     }
