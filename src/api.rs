@@ -211,6 +211,22 @@ impl ApiState {
         }
     }
 
+    /// The account's partition and its local store, or the answer to send instead: the owner's
+    /// (forwarded), or 503 while the partition is moving.
+    async fn serving_store(
+        &self,
+        account_id: &str,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+    ) -> Result<(i32, Arc<PartitionStore>), Response> {
+        let Some(partition) = self.partition_of(account_id) else { return Err(moving(None)) };
+        match self.locate(partition, &headers) {
+            Place::Local(store) => Ok((partition, store)),
+            Place::Remote(owner) => Err(self.forward(partition, &owner, &RequestParts { uri, headers }).await),
+            Place::Moving => Err(moving(Some(partition))),
+        }
+    }
+
     async fn forward(&self, partition: i32, owner: &Owner, request: &RequestParts) -> Response {
         let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
         match self.routing.forwarder.get(&owner.url, target, &request.headers).await {
@@ -280,11 +296,9 @@ async fn account(
         Ok(as_of) => as_of,
         Err(refusal) => return refusal,
     };
-    let Some(partition) = state.partition_of(&account_id) else { return moving(None) };
-    let store = match state.locate(partition, &headers) {
-        Place::Local(store) => store,
-        Place::Remote(owner) => return state.forward(partition, &owner, &RequestParts { uri, headers }).await,
-        Place::Moving => return moving(Some(partition)),
+    let (partition, store) = match state.serving_store(&account_id, uri, headers).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     let read = match store.read_account(&account_id, as_of) {
         Ok(Some(read)) => read,
@@ -305,7 +319,7 @@ async fn account(
         Some(time) if time < read.history_floor_micros => return before_history(read.history_floor_micros),
         Some(time) => {
             body["as_of"] = json!(rfc3339(time));
-            balances_as_of(&read.balances, &read.later_history, time)
+            balances_as_of(&read.balances, &read.applied_history, time)
         }
     };
     body["balances"] = serde_json::Value::Object(balances_json(&balances));
@@ -332,11 +346,9 @@ async fn transactions(
     if limit == 0 || limit > MAX_PAGE {
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000 (default 100)");
     }
-    let Some(partition) = state.partition_of(&account_id) else { return moving(None) };
-    let store = match state.locate(partition, &headers) {
-        Place::Local(store) => store,
-        Place::Remote(owner) => return state.forward(partition, &owner, &RequestParts { uri, headers }).await,
-        Place::Moving => return moving(Some(partition)),
+    let (partition, store) = match state.serving_store(&account_id, uri, headers).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     let page = match store.history_page(&account_id, query.before, limit) {
         Ok(page) => page,
@@ -381,7 +393,9 @@ fn entry_json(entry: &HistoryEntry) -> serde_json::Value {
 
 const NDJSON: &str = "application/x-ndjson";
 
-/// One partition's accounts at `as_of` (or now), as NDJSON lines, from local state only.
+/// One partition's accounts at `as_of` (or now), as NDJSON lines, from local state only. Lines
+/// stream while the scan runs, so a large partition starts answering at once (a forwarding peer's
+/// `routing.forward_timeout` covers the wait for the first bytes, not the whole scan).
 async fn partition_balances(
     State(state): State<ApiState>,
     Path(partition): Path<i32>,
@@ -392,33 +406,52 @@ async fn partition_balances(
         Err(refusal) => return refusal,
     };
     let Some(store) = state.registry.store(partition) else { return moving(Some(partition)) };
-    let scan = tokio::task::spawn_blocking(move || scan_partition(&store, partition, as_of)).await;
-    match scan {
-        Ok(Ok(Ok(lines))) => ([(header::CONTENT_TYPE, NDJSON)], lines).into_response(),
-        Ok(Ok(Err(floor))) => before_history(floor),
-        Ok(Err(e)) => internal(&state, partition, &e),
-        Err(e) => internal(&state, partition, &e),
+    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(4);
+    let (start_tx, start_rx) = tokio::sync::oneshot::channel();
+    let metrics = state.metrics.clone();
+    tokio::task::spawn_blocking(move || stream_partition(&store, partition, as_of, start_tx, lines_tx, &metrics));
+    match start_rx.await {
+        Ok(Ok(())) => ([(header::CONTENT_TYPE, NDJSON)], body_of(lines_rx)).into_response(),
+        Ok(Err(floor)) => before_history(floor),
+        // The scan failed before its first line; it logged and counted why.
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
 
-/// The NDJSON lines of one partition, or the history floor that `as_of` is before.
-fn scan_partition(
+/// Lines buffered before they are handed to the response.
+const NDJSON_CHUNK: usize = 64 << 10;
+
+type Chunk = Result<axum::body::Bytes, std::io::Error>;
+
+fn body_of(rx: tokio::sync::mpsc::Receiver<Chunk>) -> Body {
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// Scans one partition into `lines`. `start` learns first whether `as_of` is within the history
+/// (else the floor it is before); a failure after that aborts the stream.
+fn stream_partition(
     store: &PartitionStore,
     partition: i32,
     as_of: Option<i64>,
-) -> Result<Result<Vec<u8>, i64>, crate::store::StoreError> {
-    let mut out = Vec::new();
+    start: tokio::sync::oneshot::Sender<Result<(), i64>>,
+    lines: tokio::sync::mpsc::Sender<Chunk>,
+    metrics: &Metrics,
+) {
+    let mut start = Some(start);
     let offset = std::cell::Cell::new(0);
-    let mut refused = None;
-    store.scan_balances_as_of(
+    let mut out = Vec::new();
+    let send = |out: &mut Vec<u8>| lines.blocking_send(Ok(std::mem::take(out).into())).is_ok();
+    let scan = store.scan_balances_as_of(
         as_of,
         |next_offset, floor| {
             offset.set(next_offset);
-            if as_of.is_some_and(|time| time < floor) {
-                refused = Some(floor);
-                return ControlFlow::Break(());
+            let refused = as_of.is_some_and(|time| time < floor);
+            let _ = start.take().map(|start| start.send(if refused { Err(floor) } else { Ok(()) }));
+            if refused {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            ControlFlow::Continue(())
         },
         |account, balances| {
             if !balances.is_empty() {
@@ -431,13 +464,25 @@ fn scan_partition(
                 serde_json::to_writer(&mut out, &line).expect("writing to a Vec");
                 out.push(b'\n');
             }
+            // Stop when the client is gone.
+            if out.len() >= NDJSON_CHUNK && !send(&mut out) {
+                return ControlFlow::Break(());
+            }
             ControlFlow::Continue(())
         },
-    )?;
-    Ok(match refused {
-        Some(floor) => Err(floor),
-        None => Ok(out),
-    })
+    );
+    match scan {
+        Ok(()) if !out.is_empty() => {
+            send(&mut out);
+        }
+        Ok(()) => {}
+        Err(e) => {
+            metrics.handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: {e}"));
+            // Before the first line this drops `start` (500); after it, the stream aborts.
+            drop(start);
+            let _ = lines.blocking_send(Err(std::io::Error::other("state read failed")));
+        }
+    }
 }
 
 /// Every account's balances at `as_of` (or now), gathered from every instance, as NDJSON. Every
@@ -464,7 +509,7 @@ async fn all_balances(
         }
     }
     let query_string = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
     tokio::spawn(async move {
         for (partition, place) in places {
             let path = format!("/v1/partitions/{partition}/balances{query_string}");
@@ -482,14 +527,18 @@ async fn all_balances(
                     state.forward(partition, &owner, &parts).await
                 }
             };
+            // A failure aborts the stream (the client sees it incomplete); the reason is logged and counted.
+            let abort = |why: String| {
+                state.metrics.handled_error(ErrorKind::Forward, &format_args!("all-accounts balances: {why}"));
+                Err(std::io::Error::other(why))
+            };
             if response.status() != StatusCode::OK {
-                let why = format!("partition {partition} answered {}", response.status());
-                let _ = tx.send(Err(std::io::Error::other(why))).await;
+                let _ = tx.send(abort(format!("partition {partition} answered {}", response.status()))).await;
                 return;
             }
             let mut body = response.into_body().into_data_stream();
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(std::io::Error::other);
+                let chunk = chunk.or_else(|e| abort(format!("partition {partition} failed part-way: {e}")));
                 let failed = chunk.is_err();
                 if tx.send(chunk).await.is_err() || failed {
                     return;
@@ -497,8 +546,7 @@ async fn all_balances(
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response()
+    ([(header::CONTENT_TYPE, NDJSON)], body_of(rx)).into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

@@ -44,8 +44,6 @@ fn rfc3339(micros: i64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "open bug: /v1/balances returns only the gathering instance's own partitions (remote partitions \
-            are missing); the every-account, every-instance part passed. Run with --ignored."]
 async fn any_instance_answers_for_every_account_now_and_in_the_past() {
     const PARTITIONS: i32 = 6;
     let brokers = brokers();

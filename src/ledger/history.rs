@@ -141,6 +141,14 @@ mod tests {
     }
 
     #[test]
+    fn a_currency_back_to_zero_by_then_is_listed_and_one_not_yet_used_is_not() {
+        let history = [applied(0, "5.00", 10), applied(1, "-5.00", 20)];
+        let current = [(usd(), Amount::parse("0.00").unwrap())];
+        assert_eq!(balances_as_of(&current, &history, 25), vec![(usd(), Amount::parse("0.00").unwrap())]);
+        assert_eq!(balances_as_of(&current, &history, 5), vec![]);
+    }
+
+    #[test]
     fn skipped_and_dead_lettered_records_have_no_effect() {
         let mut duplicate = applied(1, "7.00", 5);
         duplicate.outcome = HistoryOutcome::Duplicate;

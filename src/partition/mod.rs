@@ -228,7 +228,7 @@ impl PartitionState {
                 _ => None,
             },
         };
-        self.overlay.push_history(account.to_owned(), entry);
+        self.overlay.push_history(account, entry);
     }
 
     /// True when there is consumed work not yet checkpointed (sealed or not).
@@ -451,7 +451,7 @@ mod tests {
             let read = store.read_account("6ad87cf1", Some(micros(ts))).unwrap().unwrap();
             assert_eq!(read.next_offset, 7);
             assert_eq!(read.history_floor_micros, i64::MIN, "new state keeps history from its first record");
-            crate::ledger::history::balances_as_of(&read.balances, &read.later_history, micros(ts))
+            crate::ledger::history::balances_as_of(&read.balances, &read.applied_history, micros(ts))
                 .into_iter()
                 .map(|(c, a)| (c, a.to_string()))
                 .collect::<Vec<_>>()

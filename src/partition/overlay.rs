@@ -10,14 +10,14 @@ struct AccountChanges {
     /// Few currencies per account: a small vector beats a map.
     balances: Vec<(Currency, Amount)>,
     transactions: HashMap<String, TransactionRecord>,
+    /// What became of each of the account's records, in offset order.
+    history: Vec<HistoryEntry>,
 }
 
 /// Changes since the last checkpoint, keyed by account.
 #[derive(Default)]
 pub(super) struct Overlay {
     accounts: HashMap<String, AccountChanges>,
-    /// What became of each record, by account, in offset order.
-    history: Vec<(String, HistoryEntry)>,
 }
 
 impl Overlay {
@@ -38,16 +38,16 @@ impl Overlay {
         self.accounts.get(account)?.transactions.get(transaction_id)
     }
 
-    pub(super) fn push_history(&mut self, account: String, entry: HistoryEntry) {
-        self.history.push((account, entry));
+    pub(super) fn push_history(&mut self, account: &str, entry: HistoryEntry) {
+        self.account_mut(account).history.push(entry);
     }
 
     /// Adds the changes to `batch`, which will be committed with `next_offset` and `watermark_micros`.
     pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64, watermark_micros: i64) {
-        for (account, entry) in &self.history {
-            batch.put_history(account, entry, watermark_micros);
-        }
         for (account, changes) in &self.accounts {
+            for entry in &changes.history {
+                batch.put_history(account, entry, watermark_micros);
+            }
             for (currency, balance) in &changes.balances {
                 batch.put_balance(account, *currency, *balance, next_offset);
             }

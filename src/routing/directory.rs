@@ -54,18 +54,6 @@ impl Directory {
     pub fn owner(&self, partition: i32) -> Option<Owner> {
         self.owner_at(partition, now_ms())
     }
-
-    /// Instances with an unexpired announcement.
-    pub fn live_instances(&self) -> usize {
-        let now = now_ms();
-        let instances = self.instances.read().unwrap_or_else(|e| e.into_inner());
-        instances
-            .values()
-            .filter(|a| {
-                !a.leaving && now - a.sent_at_ms <= EXPIRY_INTERVALS * i64::try_from(a.interval_ms).unwrap_or(0)
-            })
-            .count()
-    }
 }
 
 /// Reads the routing topic from its beginning into `directory` until `shutdown`. Blocking: run

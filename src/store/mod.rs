@@ -14,6 +14,7 @@ pub mod codec;
 pub mod keys;
 
 use crate::config::StateConfig;
+use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, Currency, HistoryEntry, TransactionRecord};
 use codec::CodecError;
 use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, CF_TXN_EXPIRY};
@@ -285,8 +286,8 @@ pub struct AccountRead {
     /// `as_of` answers are exact from this event time on (see [`MetaKey::HistoryFloor`]).
     pub history_floor_micros: i64,
     pub balances: Vec<(Currency, Amount)>,
-    /// Retained history entries with an applied effect later than the requested time, if asked.
-    pub later_history: Vec<HistoryEntry>,
+    /// Every retained history entry with an applied effect, when a point in time was asked for.
+    pub applied_history: Vec<HistoryEntry>,
 }
 
 /// A page of an account's history, newest first.
@@ -336,9 +337,9 @@ impl PartitionStore {
         }
     }
 
-    /// Reads `account` as of the last checkpoint: its balances, and when `later_than` is given,
-    /// the applied history entries with an event time after it. `None` for an unknown account.
-    pub fn read_account(&self, account: &str, later_than: Option<i64>) -> Result<Option<AccountRead>, StoreError> {
+    /// Reads `account` as of the last checkpoint: its balances, and when a point in time `as_of`
+    /// is asked for, its applied history entries. `None` for an unknown account.
+    pub fn read_account(&self, account: &str, as_of: Option<i64>) -> Result<Option<AccountRead>, StoreError> {
         let view = self.db.snapshot();
         let meta = self.cf(CF_META);
         let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
@@ -357,17 +358,30 @@ impl PartitionStore {
         if balances.is_empty() {
             return Ok(None);
         }
-        let mut later_history = Vec::new();
-        if let Some(time) = later_than {
-            for item in view.iterator_cf_opt(self.cf(CF_HISTORY), bounded(&prefix), IteratorMode::Start) {
-                let (key, value) = item?;
-                let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
-                if entry.effect.is_some() && entry.event_time_micros.is_some_and(|t| t > time) {
-                    later_history.push(entry);
-                }
+        let applied_history = match as_of {
+            Some(_) => self.applied_history(&view, account, |_| true)?,
+            None => Vec::new(),
+        };
+        Ok(Some(AccountRead { next_offset, history_floor_micros, balances, applied_history }))
+    }
+
+    /// `account`'s retained history entries with an applied effect whose event time passes `keep`.
+    fn applied_history(
+        &self,
+        view: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        account: &str,
+        keep: impl Fn(i64) -> bool,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut out = Vec::new();
+        let prefix = keys::account_prefix(account);
+        for item in view.iterator_cf_opt(self.cf(CF_HISTORY), bounded(&prefix), IteratorMode::Start) {
+            let (key, value) = item?;
+            let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
+            if entry.effect.is_some() && entry.event_time_micros.is_some_and(&keep) {
+                out.push(entry);
             }
         }
-        Ok(Some(AccountRead { next_offset, history_floor_micros, balances, later_history }))
+        Ok(out)
     }
 
     /// Up to `limit` of `account`'s history entries with an offset below `before`, newest first,
@@ -429,6 +443,10 @@ impl PartitionStore {
             for item in view.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
                 let (key, value) = item?;
                 let Some((account, _)) = keys::split_account(&key) else { continue };
+                // An applied entry's retention time is its event time: most are skipped undecoded.
+                if codec::history_retention_micros(&value).is_some_and(|t| t <= time) {
+                    continue;
+                }
                 let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
                 if entry.effect.is_some() && entry.event_time_micros.is_some_and(|t| t > time) {
                     later.entry(account.to_owned()).or_default().push(entry);
@@ -437,23 +455,24 @@ impl PartitionStore {
         }
         let mut account = String::new();
         let mut balances = Vec::new();
-        let mut emit = |account: &str, balances: &mut Vec<(Currency, Amount)>| {
+        let mut emit = |account: &str, balances: &mut Vec<(Currency, Amount)>| -> Result<ControlFlow<()>, StoreError> {
             let current = std::mem::take(balances);
-            let at = match as_of_micros {
-                Some(time) => crate::ledger::history::balances_as_of(
-                    &current,
-                    later.get(account).map(Vec::as_slice).unwrap_or_default(),
-                    time,
-                ),
-                None => current,
-            };
-            visit(account, at)
+            let Some(time) = as_of_micros else { return Ok(visit(account, current)) };
+            let mut history = later.remove(account).unwrap_or_default();
+            let mut at = balances_as_of(&current, &history, time);
+            if at.len() < current.len() {
+                // A currency came out zero: it is listed only if it had an applied event by then,
+                // which only the account's earlier history tells (zero balances are rare).
+                history.extend(self.applied_history(&view, account, |t| t <= time)?);
+                at = balances_as_of(&current, &history, time);
+            }
+            Ok(visit(account, at))
         };
         for item in view.iterator_cf(self.cf(CF_BALANCES), IteratorMode::Start) {
             let (key, value) = item?;
             let Some((key_account, currency)) = keys::split_balance(&key) else { continue };
             if key_account != account {
-                if !balances.is_empty() && emit(&account, &mut balances).is_break() {
+                if !balances.is_empty() && emit(&account, &mut balances)?.is_break() {
                     return Ok(());
                 }
                 account.clear();
@@ -462,7 +481,7 @@ impl PartitionStore {
             balances.push((currency, codec::decode_balance(&value)?));
         }
         if !balances.is_empty() {
-            let _ = emit(&account, &mut balances);
+            let _ = emit(&account, &mut balances)?;
         }
         Ok(())
     }
@@ -502,11 +521,8 @@ impl PartitionStore {
     /// Every currency balance of `account`, ordered by currency.
     pub fn account_balances(&self, account: &str) -> Result<Vec<(Currency, Amount)>, StoreError> {
         let prefix = keys::account_prefix(account);
-        let mut read = ReadOptions::default();
-        read.set_iterate_lower_bound(prefix.clone());
-        read.set_iterate_upper_bound(prefix_end(&prefix));
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(self.cf(CF_BALANCES), read, IteratorMode::Start) {
+        for item in self.db.iterator_cf_opt(self.cf(CF_BALANCES), bounded(&prefix), IteratorMode::Start) {
             let (key, value) = item?;
             if let Some((_, currency)) = keys::split_balance(&key) {
                 out.push((currency, codec::decode_balance(&value)?));
