@@ -9,8 +9,10 @@
 //! - [`store`]: per-partition RocksDB state; the only module that imports `rocksdb`.
 //! - [`snapshot`]: balance snapshots on a log-compacted topic, and exact restores from them.
 //! - [`registry`]: which partitions this instance owns, shared with the API.
-//! - [`api`]: HTTP balances, metrics, liveness and readiness.
+//! - [`routing`]: which instance serves which partition (announcements, the producers' partitioner).
+//! - [`api`]: HTTP balances, history, metrics, liveness and readiness; forwards to the owner.
 //! - [`metrics`]: every Prometheus metric, and the one place handled errors are logged and counted.
+//! - [`logging`]: tracing set-up (pretty or JSON lines).
 //! - [`app`]: wires the above together: [`app::start`] / [`app::run`].
 //! - [`demo`]: the zero-setup demo on an in-process mock cluster.
 //! - [`loadgen`]: generated workloads with independently computed expected balances.

@@ -2,7 +2,11 @@
 //! - `produce`: a generated workload (fixed seed) to a topic, plus its expected balances file;
 //! - `drain`: a bare rdkafka consumer reading the topic to its end (the broker's ceiling);
 //! - `watch`: follows a running ledgerd's metrics until every record is checkpointed;
-//! - `verify`: compares ledgerd's balances with the expected file (a fast wrong answer fails).
+//! - `verify`: compares ledgerd's balances with the expected file (a fast wrong answer fails);
+//! - `engine`: the engine's ceiling without a broker: records from memory through decode, apply
+//!   and checkpoint on one thread;
+//! - `targets`: splits the accounts into those an instance serves itself and those it forwards
+//!   (`scripts/bench-api.sh` loads each list into wrk).
 //!
 //! Each prints one JSON line of results on stdout.
 
@@ -53,6 +57,9 @@ enum Command {
         duplicate_rate: f64,
         #[arg(long, default_value_t = 0.001)]
         malformed_rate: f64,
+        /// Re-uses of a transaction id with other content (dead-lettered as conflicting).
+        #[arg(long, default_value_t = 0.001)]
+        conflict_rate: f64,
         /// Event time between consecutive events (decides how many ids fall in the dedupe window).
         #[arg(long, default_value_t = 1)]
         seconds_per_event: u32,
@@ -87,6 +94,38 @@ enum Command {
         #[arg(long)]
         expected: PathBuf,
     },
+    Engine {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Records per checkpoint (the default checkpoint.max_records).
+        #[arg(long, default_value_t = 50_000)]
+        checkpoint_every: u64,
+        /// Timed passes, each from empty state; the best and the median are reported.
+        #[arg(long, default_value_t = 5)]
+        passes: usize,
+        /// Parent of the passes' state directories (each removed after its pass).
+        #[arg(long, default_value = "target/bench-engine")]
+        dir: PathBuf,
+    },
+    Targets {
+        /// The instance the load will be sent to.
+        #[arg(long)]
+        url: String,
+        /// Its routing.instance_id: answers it served itself are local, the others forwarded.
+        #[arg(long)]
+        instance: String,
+        /// The accounts (the expected-balances file of `produce`).
+        #[arg(long)]
+        expected: PathBuf,
+        /// Request paths of the accounts it serves itself, one per line.
+        #[arg(long)]
+        local: PathBuf,
+        /// Request paths of the accounts it forwards, one per line.
+        #[arg(long)]
+        forwarded: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             duplicate_rate,
             malformed_rate,
+            conflict_rate,
             seconds_per_event,
             dedupe_window_secs,
             expected,
@@ -108,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                 accounts,
                 duplicate_rate,
                 malformed_rate,
+                conflict_rate,
                 seconds_per_event,
                 recent_events,
                 ..Shape::default()
@@ -117,6 +158,12 @@ fn main() -> anyhow::Result<()> {
         Command::Drain { target } => drain(&target),
         Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
+        Command::Engine { events, accounts, checkpoint_every, passes, dir } => {
+            engine(&Shape { events, accounts, ..Shape::default() }, checkpoint_every, passes, &dir)
+        }
+        Command::Targets { url, instance, expected, local, forwarded } => {
+            targets(&url, &instance, &expected, &local, &forwarded)
+        }
     }
 }
 
@@ -278,5 +325,114 @@ fn verify(url: &str, expected: &PathBuf) -> anyhow::Result<()> {
     }
     println!("{}", serde_json::json!({"accounts": expected.len(), "wrong": wrong.len()}));
     anyhow::ensure!(wrong.is_empty(), "{} balances wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    Ok(())
+}
+
+/// Asks `url` for every account once and files each request path by who answered it. Any answer
+/// other than 200 fails: the load must only contain requests that succeed.
+fn targets(url: &str, instance: &str, expected: &PathBuf, local: &PathBuf, forwarded: &PathBuf) -> anyhow::Result<()> {
+    let expected: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(expected)?)?;
+    let (mut served_here, mut served_elsewhere) = (String::new(), String::new());
+    for account in expected.keys() {
+        let path = format!("/v1/accounts/{account}");
+        let (status, body) = http_get(&format!("{url}{path}"))?;
+        anyhow::ensure!(status == 200, "{path}: {status} {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body)?;
+        let list = if answer["served_by"] == instance { &mut served_here } else { &mut served_elsewhere };
+        list.push_str(&path);
+        list.push('\n');
+    }
+    std::fs::write(local, &served_here)?;
+    std::fs::write(forwarded, &served_elsewhere)?;
+    println!(
+        "{}",
+        serde_json::json!({"local": served_here.lines().count(), "forwarded": served_elsewhere.lines().count()})
+    );
+    Ok(())
+}
+
+/// Decodes, applies and checkpoints a generated workload held in memory as raw record bytes, as the
+/// consumer thread does, on this one thread. Each pass starts from an empty state directory, so
+/// every pass does the same work (a second pass over the same records would only find
+/// duplicates). After the last pass every balance is compared with the generator's expectation.
+fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::Path) -> anyhow::Result<()> {
+    use ledgerd::config::StateConfig;
+    use ledgerd::input::{self, InputFormat};
+    use ledgerd::partition::PartitionState;
+    use ledgerd::store::StoreEnv;
+
+    let work = loadgen::generate(7, shape);
+    let metrics = ledgerd::metrics::Metrics::new();
+    let mut decode_seconds = Vec::new();
+    let mut pass_seconds = Vec::new();
+    for pass in 0..passes.max(1) {
+        // Decode alone: the share of the pass that is JSON.
+        let started = Instant::now();
+        let decoded_ok = work
+            .records
+            .iter()
+            .filter(|r| {
+                input::decode(InputFormat::Json, Some(r.key.as_bytes()), Some(r.value.as_bytes()), None).is_ok()
+            })
+            .count();
+        decode_seconds.push(started.elapsed().as_secs_f64());
+        anyhow::ensure!(decoded_ok + work.dead_letters >= work.records.len(), "records failed to decode");
+
+        let state_dir = dir.join(format!("pass-{}-{pass}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let env = StoreEnv::new(&StateConfig { dir: state_dir.clone(), ..StateConfig::default() })?;
+        let (store, _) = env.open_partition("bench", 0)?;
+        let store = std::sync::Arc::new(store);
+        let mut state = PartitionState::new(
+            0,
+            std::sync::Arc::clone(&store),
+            0,
+            Duration::from_secs(7 * 86_400),
+            metrics.for_partition(0),
+        )?;
+        let started = Instant::now();
+        for (offset, record) in work.records.iter().enumerate() {
+            let key = Some(record.key.as_bytes());
+            let decoded = input::decode(InputFormat::Json, key, Some(record.value.as_bytes()), None);
+            state.process(offset as i64, key, &decoded)?;
+            if state.reached_max_records(checkpoint_every) {
+                state.seal();
+                state.commit_sealed()?;
+            }
+        }
+        state.seal();
+        state.commit_sealed()?;
+        pass_seconds.push(started.elapsed().as_secs_f64());
+
+        if pass + 1 == passes.max(1) {
+            let usd = ledgerd::ledger::Currency::parse("USD").ok_or_else(|| anyhow::anyhow!("USD is a currency"))?;
+            let mut wrong = 0;
+            for (account, cents) in &work.expected {
+                let expected = ledgerd::ledger::Amount::parse(&loadgen::cents_to_string(*cents)).ok();
+                wrong += usize::from(store.balance(account, usd)? != expected);
+            }
+            anyhow::ensure!(wrong == 0, "{wrong} of {} balances wrong", work.expected.len());
+        }
+        drop(state);
+        drop(store);
+        drop(env);
+        std::fs::remove_dir_all(&state_dir)?;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let records = work.records.len() as f64;
+    let best = pass_seconds.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": work.records.len(), "accounts": work.expected.len(), "passes": pass_seconds.len(),
+            "decode_records_per_second_median": records / median(&mut decode_seconds),
+            "engine_records_per_second_median": records / median(&mut pass_seconds),
+            "engine_records_per_second_best": records / best,
+            "balances_verified": work.expected.len(),
+        })
+    );
     Ok(())
 }

@@ -388,8 +388,13 @@ impl Ledgerd {
     }
 
     pub fn log(&self) -> String {
+        self.log_lines(60, |_| true)
+    }
+
+    /// The last `count` lines of this process's log that pass `keep`.
+    pub fn log_lines(&self, count: usize, keep: impl Fn(&str) -> bool) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        let tail: Vec<&str> = text.lines().filter(|l| keep(l)).rev().take(count).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }

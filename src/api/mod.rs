@@ -10,8 +10,11 @@
 //! `/livez`, `/readyz` and `/metrics` stay open, so probes and scrapers need no secret.
 
 mod forward;
+mod guard;
+mod ndjson;
 
 pub use forward::{Forwarder, FORWARDED};
+pub use guard::Guard;
 
 use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, Currency, HistoryEntry};
@@ -20,19 +23,17 @@ use crate::registry::PartitionRegistry;
 use crate::routing::directory::Owner;
 use crate::routing::{Directory, Partitioner};
 use crate::store::PartitionStore;
-use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::StreamExt;
+use ndjson::{all_balances, partition_balances};
 use serde::Deserialize;
 use serde_json::json;
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone)]
@@ -53,89 +54,6 @@ pub struct Routing {
     pub forwarder: Forwarder,
 }
 
-/// What a `/v1/` request must pass before its handler runs.
-pub struct Guard {
-    /// The bearer token; `None` means no authentication.
-    token: Option<String>,
-    max_request_bytes: usize,
-    limiter: Option<Mutex<TokenBucket>>,
-}
-
-impl Guard {
-    /// `rate_limit` is requests per second (0: unlimited), with bursts of one second's worth.
-    pub fn new(token: Option<String>, max_request_bytes: u64, rate_limit: u32) -> Guard {
-        let limiter = (rate_limit > 0).then(|| {
-            let rate = f64::from(rate_limit);
-            Mutex::new(TokenBucket { rate, tokens: rate, last: Instant::now() })
-        });
-        Guard { token, max_request_bytes: usize::try_from(max_request_bytes).unwrap_or(usize::MAX), limiter }
-    }
-
-    /// The refusal to send instead of running the handler, if any.
-    fn refusal(&self, request: &Request) -> Option<Response> {
-        let declared_body = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .unwrap_or(0);
-        let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
-        let size = target + header_bytes(request.headers()) + declared_body;
-        if size > self.max_request_bytes {
-            return Some(error(StatusCode::PAYLOAD_TOO_LARGE, "request too large"));
-        }
-        if let Some(limiter) = &self.limiter {
-            if !limiter.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let mut refusal = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                refusal.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                return Some(refusal);
-            }
-        }
-        if let Some(token) = &self.token {
-            let presented = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-                let mut refusal = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                refusal.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-                return Some(refusal);
-            }
-        }
-        None
-    }
-}
-
-fn header_bytes(headers: &HeaderMap) -> usize {
-    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
-}
-
-/// Compares without stopping at the first difference, so response time does not reveal how much
-/// of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
-/// Refills at `rate` tokens per second up to `rate`; a request takes one.
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
-}
-
 /// The `/v1/` routes, as documented in `docs/openapi.json` (a test keeps the two in sync).
 pub const V1_ROUTES: [&str; 4] = [
     "/v1/accounts/{account_id}",
@@ -150,7 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route(V1_ROUTES[1], get(transactions))
         .route(V1_ROUTES[2], get(all_balances))
         .route(V1_ROUTES[3], get(partition_balances))
-        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::guard));
     Router::new()
         .merge(guarded)
         .route("/metrics", get(metrics))
@@ -391,164 +309,6 @@ fn entry_json(entry: &HistoryEntry) -> serde_json::Value {
     out
 }
 
-const NDJSON: &str = "application/x-ndjson";
-
-/// One partition's accounts at `as_of` (or now), as NDJSON lines, from local state only. Lines
-/// stream while the scan runs, so a large partition starts answering at once (a forwarding peer's
-/// `routing.forward_timeout` covers the wait for the first bytes, not the whole scan).
-async fn partition_balances(
-    State(state): State<ApiState>,
-    Path(partition): Path<i32>,
-    Query(query): Query<AsOfQuery>,
-) -> Response {
-    let as_of = match parse_as_of(query.as_of.as_deref()) {
-        Ok(as_of) => as_of,
-        Err(refusal) => return refusal,
-    };
-    let Some(store) = state.registry.store(partition) else { return moving(Some(partition)) };
-    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(4);
-    let (start_tx, start_rx) = tokio::sync::oneshot::channel();
-    let metrics = state.metrics.clone();
-    tokio::task::spawn_blocking(move || stream_partition(&store, partition, as_of, start_tx, lines_tx, &metrics));
-    match start_rx.await {
-        Ok(Ok(())) => ([(header::CONTENT_TYPE, NDJSON)], body_of(lines_rx)).into_response(),
-        Ok(Err(floor)) => before_history(floor),
-        // The scan failed before its first line; it logged and counted why.
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-    }
-}
-
-/// Lines buffered before they are handed to the response.
-const NDJSON_CHUNK: usize = 64 << 10;
-
-type Chunk = Result<axum::body::Bytes, std::io::Error>;
-
-fn body_of(rx: tokio::sync::mpsc::Receiver<Chunk>) -> Body {
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
-}
-
-/// Scans one partition into `lines`. `start` learns first whether `as_of` is within the history
-/// (else the floor it is before); a failure after that aborts the stream.
-fn stream_partition(
-    store: &PartitionStore,
-    partition: i32,
-    as_of: Option<i64>,
-    start: tokio::sync::oneshot::Sender<Result<(), i64>>,
-    lines: tokio::sync::mpsc::Sender<Chunk>,
-    metrics: &Metrics,
-) {
-    let mut start = Some(start);
-    let offset = std::cell::Cell::new(0);
-    let mut out = Vec::new();
-    let send = |out: &mut Vec<u8>| lines.blocking_send(Ok(std::mem::take(out).into())).is_ok();
-    let scan = store.scan_balances_as_of(
-        as_of,
-        |next_offset, floor| {
-            offset.set(next_offset);
-            let refused = as_of.is_some_and(|time| time < floor);
-            let _ = start.take().map(|start| start.send(if refused { Err(floor) } else { Ok(()) }));
-            if refused {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        },
-        |account, balances| {
-            if !balances.is_empty() {
-                let line = json!({
-                    "account_id": account,
-                    "balances": balances_json(&balances),
-                    "partition": partition,
-                    "offset": offset.get(),
-                });
-                serde_json::to_writer(&mut out, &line).expect("writing to a Vec");
-                out.push(b'\n');
-            }
-            // Stop when the client is gone.
-            if out.len() >= NDJSON_CHUNK && !send(&mut out) {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        },
-    );
-    match scan {
-        Ok(()) if !out.is_empty() => {
-            send(&mut out);
-        }
-        Ok(()) => {}
-        Err(e) => {
-            metrics.handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: {e}"));
-            // Before the first line this drops `start` (500); after it, the stream aborts.
-            drop(start);
-            let _ = lines.blocking_send(Err(std::io::Error::other("state read failed")));
-        }
-    }
-}
-
-/// Every account's balances at `as_of` (or now), gathered from every instance, as NDJSON. Every
-/// partition must have a known owner first (else 503); a partition that fails part-way aborts the
-/// stream, so a client never mistakes a partial answer for a whole one.
-async fn all_balances(
-    State(state): State<ApiState>,
-    Query(query): Query<AsOfQuery>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refusal) = parse_as_of(query.as_of.as_deref()) {
-        return refusal;
-    }
-    let partitions = state.routing.partitions.load(Ordering::Acquire);
-    if partitions <= 0 {
-        return moving(None);
-    }
-    let mut places = Vec::new();
-    for partition in 0..partitions {
-        match state.locate(partition, &HeaderMap::new()) {
-            Place::Moving => return moving(Some(partition)),
-            place => places.push((partition, place)),
-        }
-    }
-    let query_string = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
-    tokio::spawn(async move {
-        for (partition, place) in places {
-            let path = format!("/v1/partitions/{partition}/balances{query_string}");
-            let response = match place {
-                Place::Local(_) | Place::Moving => {
-                    partition_balances(
-                        State(state.clone()),
-                        Path(partition),
-                        Query(AsOfQuery { as_of: query.as_of.clone() }),
-                    )
-                    .await
-                }
-                Place::Remote(owner) => {
-                    let parts = RequestParts { uri: path.parse().expect("a valid path"), headers: headers.clone() };
-                    state.forward(partition, &owner, &parts).await
-                }
-            };
-            // A failure aborts the stream (the client sees it incomplete); the reason is logged and counted.
-            let abort = |why: String| {
-                state.metrics.handled_error(ErrorKind::Forward, &format_args!("all-accounts balances: {why}"));
-                Err(std::io::Error::other(why))
-            };
-            if response.status() != StatusCode::OK {
-                let _ = tx.send(abort(format!("partition {partition} answered {}", response.status()))).await;
-                return;
-            }
-            let mut body = response.into_body().into_data_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.or_else(|e| abort(format!("partition {partition} failed part-way: {e}")));
-                let failed = chunk.is_err();
-                if tx.send(chunk).await.is_err() || failed {
-                    return;
-                }
-            }
-        }
-    });
-    ([(header::CONTENT_TYPE, NDJSON)], body_of(rx)).into_response()
-}
-
 async fn metrics(State(state): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
@@ -558,13 +318,6 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
-}
-
-async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    match state.guard.refusal(&request) {
-        None => next.run(request).await,
-        Some(refusal) => refusal,
     }
 }
 
@@ -673,17 +426,9 @@ mod tests {
         assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::OK);
     }
 
-    #[test]
-    fn token_comparison_needs_every_byte() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"a"));
-    }
-
     #[tokio::test]
     async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
-        let doc: serde_json::Value = serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
         let documented: std::collections::BTreeSet<&str> =
             doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
         let served: std::collections::BTreeSet<&str> =
@@ -704,6 +449,37 @@ mod tests {
                 response.status()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn all_accounts_before_a_partitions_history_get_422_not_a_cut_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let mut batch = store.begin();
+        batch.put_balance("acct-1", Currency::parse("USD").unwrap(), Amount::parse("12.50").unwrap(), 1);
+        // As after a restore from a snapshot: the history starts at the newest restored event.
+        let floor = parse_as_of(Some("2024-06-01T00:00:00Z")).ok().flatten().unwrap();
+        batch.commit_with_floor(1, floor, floor).unwrap();
+        let registry = Arc::new(PartitionRegistry::default());
+        registry.insert(Arc::new(PartitionHandle::new(0, Arc::new(store))));
+        let app = router(ApiState {
+            registry,
+            metrics: Metrics::new(),
+            guard: Arc::new(Guard::new(None, 16 << 10, 0)),
+            routing: Arc::new(one_partition()),
+        });
+        let request = |path: &str| axum::http::Request::builder().uri(path).body(Body::empty()).unwrap();
+        let before = app.clone().oneshot(request("/v1/balances?as_of=2024-05-01T00:00:00Z")).await.unwrap();
+        assert_eq!(before.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = axum::body::to_bytes(before.into_body(), 1 << 20).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["history_from"], "2024-06-01T00:00:00Z");
+        let after = app.clone().oneshot(request("/v1/balances?as_of=2024-07-01T00:00:00Z")).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(after.into_body(), 1 << 20).await.unwrap();
+        let line: serde_json::Value = serde_json::from_slice(body.trim_ascii_end()).unwrap();
+        assert_eq!(line["balances"]["USD"], "12.50");
     }
 
     #[tokio::test]
