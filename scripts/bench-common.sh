@@ -1,7 +1,12 @@
 # Shared set-up of the benchmark scripts (sourced, not run). Before sourcing, set WORK (a fresh
-# directory) and PIDS (an array of processes to kill on exit). Afterwards BIN holds the binaries
-# (release unless BENCH_PROFILE=dev), PROFILE the profile, and BROKERS the broker
-# ($LEDGERD_TEST_BROKERS, or a fresh tansu started in $WORK/broker). BENCH_KEEP=1 keeps $WORK.
+# directory), TOPIC (the input topic's name, for start_node) and PIDS (an array of processes to kill on exit). Afterwards BIN holds the binaries,
+# PROFILE the profile, and BROKERS the broker ($LEDGERD_TEST_BROKERS, or a fresh tansu started in
+# $WORK/broker). BENCH_KEEP=1 keeps $WORK.
+#
+# BENCH_PROFILE picks the build:
+#   release   (default) `cargo build --release`;
+#   dev       the test build as it is (ledgerd's own code unoptimised).
+# BENCH_BIN=DIR skips the build and runs the binaries already in DIR (say which with BENCH_PROFILE).
 
 STARTED_BROKER=""
 
@@ -19,16 +24,56 @@ free_port() {
 }
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
+# Sum of a metric's series at a ledgerd URL, as an integer (awk would print large sums as 1e+07).
+metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%d\n", s}'; }
+
+# start_node NAME GROUP LOG_FILTER [EXTRA_TOML]: writes $WORK/NAME.toml (input $TOPIC and its DLQ,
+# state in $WORK/state-NAME, HTTP on a free port, then EXTRA_TOML's tables), starts ledgerd with
+# it (log in $WORK/NAME.log) and sets NODE_PID and NODE_URL.
+start_node() {
+    local name="$1" group="$2" filter="$3" extra="${4:-}" port
+    port="$(free_port)"
+    cat >"$WORK/$name.toml" <<TOML
+[kafka]
+bootstrap_servers = "$BROKERS"
+group_id = "$group"
+input_topic = "$TOPIC"
+dlq_topic = "$TOPIC-dlq"
+[state]
+dir = "$WORK/state-$name"
+[http]
+listen = "127.0.0.1:$port"
+[log]
+filter = "$filter"
+$extra
+TOML
+    "$BIN/ledgerd" run --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    NODE_URL="http://127.0.0.1:$port"
+}
+
 source scripts/system-packages.sh
 install_system_packages >/dev/null
 PROFILE="${BENCH_PROFILE:-release}"
-if [[ "$PROFILE" == release ]]; then
-    cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
-    BIN=target/release
-else
-    cargo build --all-targets --quiet
-    BIN=target/debug
-fi
+if [[ -n "${BENCH_BIN:-}" ]]; then
+    # Binaries built beforehand (e.g. while another build holds cargo's lock); PROFILE names them.
+    BIN="$BENCH_BIN"
+    PROFILE="$PROFILE (prebuilt in $BIN)"
+else case "$PROFILE" in
+    release)
+        cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
+        BIN=target/release
+        ;;
+    dev)
+        cargo build --all-targets --quiet
+        BIN=target/debug
+        ;;
+    *)
+        echo "BENCH_PROFILE must be release or dev, not '$PROFILE'" >&2
+        exit 2
+        ;;
+esac; fi
 
 if [[ -z "${LEDGERD_TEST_BROKERS:-}" ]]; then
     scripts/broker.sh install

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Restore benchmark, one run against the real broker (tansu): how long a node without local state
-# takes to own a partition, restoring the snapshot versus replaying the partition's whole history.
+# takes to own a partition, replaying the partition's whole history versus restoring the snapshot.
 #   1. produce EVENTS events over ACCOUNTS accounts (SECONDS_PER_EVENT apart in event time) to a
 #      fresh 1-partition topic;
-#   2. node A processes the history and writes snapshot rounds (every 30 s); it stops once a round
-#      covers the end;
-#   3. node B (empty state dir, same group and snapshot topic) restores from the snapshot;
-#   4. node C (empty state dir, new group, empty snapshot topic) replays the whole history;
-#   B and C are timed from process start to every record checkpointed, and both are verified
-#   against the generator's expected balances.
+#   2. node R (empty state dir) replays the whole history, timed, writing snapshot rounds every
+#      30 s as any owner does; once a round covers the end it stops;
+#   3. node S (empty state dir, same group and snapshot topic) restores from that snapshot, timed;
+#   both are timed from process start (group join included) to every record checkpointed, and both
+#   are verified against the generator's expected balances.
+# The replaying node is also the one that wrote the snapshot, so the history is read twice, not
+# three times; its time includes writing its snapshot rounds, as any replaying owner's would.
 # Usage: scripts/bench-restore.sh [EVENTS] [ACCOUNTS] [SECONDS_PER_EVENT]
 #   defaults: 10000000 events, 100000 accounts (~100 per account), 10 s apart (the default 7-day
 #   dedupe window then holds ~60k transaction ids, which the snapshot carries).
-# BENCH_PROFILE=dev uses the test build; BENCH_KEEP=1 keeps the work directory.
+# BENCH_HISTORY=DIR keeps the produced history for later runs: the first run with an empty DIR
+# produces as usual and records the topic in DIR; later runs against the same broker
+# (LEDGERD_TEST_BROKERS) reuse that topic and its expected balances instead of producing again.
+# BENCH_DEAD_LETTERS=0 generates no malformed or conflicting records (nothing for the DLQ, whose
+# acknowledgements a large tansu database answers slowly). BENCH_PROFILE=dev uses the test build;
+# BENCH_KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,60 +31,48 @@ source scripts/bench-common.sh
 now() { date +%s.%N; }
 TOPIC="restore-$(date +%s)-$$"
 
-echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
-"$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions 1 \
-    --events "$EVENTS" --accounts "$ACCOUNTS" --seconds-per-event "$SECONDS_PER_EVENT" \
-    --expected "$WORK/expected.json" >"$WORK/produce.json"
+HISTORY="${BENCH_HISTORY:-}"
+if [[ -n "$HISTORY" && -f "$HISTORY/topic" ]]; then
+    TOPIC="$(<"$HISTORY/topic")"
+    cp "$HISTORY/expected.json" "$HISTORY/produce.json" "$WORK/"
+    echo "reusing the history in $TOPIC (from $HISTORY) on $BROKERS"
+else
+    BAD_RECORDS=()
+    if [[ "${BENCH_DEAD_LETTERS:-1}" == 0 ]]; then BAD_RECORDS=(--malformed-rate 0 --conflict-rate 0); fi
+    echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
+    "$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions 1 \
+        --events "$EVENTS" --accounts "$ACCOUNTS" --seconds-per-event "$SECONDS_PER_EVENT" \
+        "${BAD_RECORDS[@]}" --expected "$WORK/expected.json" >"$WORK/produce.json"
+    if [[ -n "$HISTORY" ]]; then
+        mkdir -p "$HISTORY"
+        cp "$WORK/expected.json" "$WORK/produce.json" "$HISTORY/"
+        echo "$TOPIC" >"$HISTORY/topic"
+    fi
+fi
+# Each run's own group and snapshot topic: a reused history is replayed from scratch every time.
+RUN="$(date +%s)-$$"
 TOTAL="$(json "$WORK/produce.json" produced)"
 
-# node NAME GROUP SNAPSHOT_TOPIC INTERVAL: writes a config, starts ledgerd, sets NODE_PID/NODE_URL.
-node() {
-    local name="$1" group="$2" snapshots="$3" interval="$4" port
-    port="$(free_port)"
-    cat >"$WORK/$name.toml" <<TOML
-[kafka]
-bootstrap_servers = "$BROKERS"
-group_id = "$group"
-input_topic = "$TOPIC"
-dlq_topic = "$TOPIC-dlq"
-[state]
-dir = "$WORK/state-$name"
-[snapshot]
-topic = "$snapshots"
-interval = "$interval"
-[http]
-listen = "127.0.0.1:$port"
-[log]
-filter = "info,librdkafka=warn"
-TOML
-    "$BIN/ledgerd" run --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
-    NODE_PID=$!
-    PIDS+=("$NODE_PID")
-    NODE_URL="http://127.0.0.1:$port"
-}
-
-# Sum of a metric's series, as an integer (awk would print large sums as 1e+07).
-metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%d\n", s}'; }
-
-# timed_node NAME GROUP SNAPSHOT_TOPIC: starts a node without state, times it from start to every
-# record checkpointed (ELAPSED), notes the snapshot records it restored (RESTORED), verifies its
-# balances into verify-NAME.json, and stops it.
+# timed_node NAME SNAPSHOT_INTERVAL: starts a node without state in the benchmark's group, times
+# it from start to every record checkpointed (ELAPSED), notes the snapshot records it restored
+# (RESTORED) and verifies its balances into verify-NAME.json. The node keeps running (NODE_PID).
 timed_node() {
     local name="$1" started
     started="$(now)"
-    node "$name" "$2" "$3" 1h
-    "$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >/dev/null
+    start_node "$name" "g-$TOPIC-$RUN" "info,librdkafka=warn" "[snapshot]
+topic = \"$TOPIC-snapshots-$RUN\"
+interval = \"$2\""
+    "$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 7200 >/dev/null
     ELAPSED="$(python3 -c "print($(now) - $started)")"
     RESTORED="$(metric "$NODE_URL" ledgerd_restore_records_total)"
     "$BIN/ledgerd-bench" verify --url "$NODE_URL" --expected "$WORK/expected.json" >"$WORK/verify-$name.json"
-    kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
 }
 
-echo "node A: processing the history and writing snapshots ..."
-# Rounds every 30 s: node A is not timed, only its last round matters, and a 10M-event catch-up
-# with a round every 5 s kept tansu so busy that produce round trips reached 10 s.
-node a "g-$TOPIC" "$TOPIC-snapshots" 30s
-"$BIN/ledgerd-bench" watch --url "$NODE_URL" --total "$TOTAL" --pid "$NODE_PID" --timeout-secs 3600 >"$WORK/a.json"
+echo "node R: replaying the whole history (and writing snapshot rounds) ..."
+# Rounds every 30 s: a 10M-event catch-up with a round every 5 s kept tansu so busy that produce
+# round trips reached 10 s.
+timed_node r 30s
+REPLAY_SECONDS="$ELAPSED"
 deadline=$((SECONDS + 600))
 until [[ "$(metric "$NODE_URL" ledgerd_snapshot_offset)" -ge "$TOTAL" ]]; do
     if ((SECONDS > deadline)); then echo "no snapshot round covered the input within 600s" >&2; exit 1; fi
@@ -86,20 +80,17 @@ until [[ "$(metric "$NODE_URL" ledgerd_snapshot_offset)" -ge "$TOTAL" ]]; do
 done
 kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
 
-echo "node B: restoring from the snapshot ..."
-timed_node b "g-$TOPIC" "$TOPIC-snapshots"
+echo "node S: restoring from the snapshot ..."
+timed_node s 1h
 RESTORE_SECONDS="$ELAPSED"
 RESTORED_RECORDS="$RESTORED"
-
-echo "node C: replaying the whole history ..."
-timed_node c "g2-$TOPIC" "$TOPIC-snapshots-empty"
-REPLAY_SECONDS="$ELAPSED"
+kill -TERM "$NODE_PID"; wait "$NODE_PID" || true
 
 python3 - "$WORK" "$RESTORE_SECONDS" "$REPLAY_SECONDS" "$RESTORED_RECORDS" "$PROFILE" <<'PY'
 import json, sys
 work, restore, replay, restored, profile = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
-produce, b, c = load("produce"), load("verify-b"), load("verify-c")
+produce, b, c = load("produce"), load("verify-s"), load("verify-r")
 print()
 print(f"build profile: {profile}")
 print(f"history: {produce['produced']} records over {produce['accounts']} accounts in one partition")

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end benchmark, one run against the real broker (tansu):
-#   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a fresh 6-partition topic;
+#   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a fresh topic (PARTITIONS, default 6);
 #   2. a bare rdkafka consumer drains the topic (before and after ledgerd: the broker's ceiling);
 #   3. ledgerd catches up on the same topic: rate from its first processed record to every record
 #      checkpointed, CPU seconds (user+sys) per million events, peak RSS;
 #   4. every balance is verified against the generator's expectation (a fast wrong answer fails).
 # Usage: scripts/bench.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
+# PARTITIONS (default 6) sets the topic's partition count.
 # BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
 # instead of the release build; the default is release. BENCH_KEEP=1 keeps the work directory.
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 EVENTS="${1:-1000000}"
 ACCOUNTS="${2:-10000}"
-PARTITIONS=6
+PARTITIONS="${PARTITIONS:-6}"
 WORK="$(mktemp -d -t ledgerd-bench.XXXXXX)"
 PIDS=()
 source scripts/bench-common.sh
