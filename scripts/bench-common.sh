@@ -1,7 +1,7 @@
 # Shared set-up of the benchmark scripts (sourced, not run). Before sourcing, set WORK (a fresh
-# directory), TOPIC (the input topic's name, for start_node) and PIDS (an array of processes to kill on exit). Afterwards BIN holds the binaries,
-# PROFILE the profile, and BROKERS the broker ($LEDGERD_TEST_BROKERS, or a fresh tansu started in
-# $WORK/broker). BENCH_KEEP=1 keeps $WORK.
+# directory) and PIDS (an array of processes to kill on exit); set TOPIC (the input topic) before
+# calling start_node. Afterwards BIN holds the binaries, PROFILE the profile, and BROKERS the broker
+# ($LEDGERD_TEST_BROKERS, or a fresh tansu started in $WORK/broker). BENCH_KEEP=1 keeps $WORK.
 #
 # BENCH_PROFILE picks the build:
 #   release   (default) `cargo build --release`;
@@ -56,16 +56,17 @@ TOML
 source scripts/system-packages.sh
 install_system_packages >/dev/null
 PROFILE="${BENCH_PROFILE:-release}"
-if [[ -n "${BENCH_BIN:-}" ]]; then
-    # Binaries built beforehand (e.g. while another build holds cargo's lock); PROFILE names them.
-    BIN="$BENCH_BIN"
-    PROFILE="$PROFILE (prebuilt in $BIN)"
-else case "$PROFILE" in
-    release)
+case "${BENCH_BIN:+prebuilt}:$PROFILE" in
+    prebuilt:*)
+        # Binaries built beforehand (e.g. while another build holds cargo's lock); PROFILE names them.
+        BIN="$BENCH_BIN"
+        PROFILE="$PROFILE (prebuilt in $BIN)"
+        ;;
+    :release)
         cargo build --release --quiet --bin ledgerd --bin ledgerd-bench
         BIN=target/release
         ;;
-    dev)
+    :dev)
         cargo build --all-targets --quiet
         BIN=target/debug
         ;;
@@ -73,7 +74,7 @@ else case "$PROFILE" in
         echo "BENCH_PROFILE must be release or dev, not '$PROFILE'" >&2
         exit 2
         ;;
-esac; fi
+esac
 
 if [[ -z "${LEDGERD_TEST_BROKERS:-}" ]]; then
     scripts/broker.sh install

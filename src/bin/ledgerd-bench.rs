@@ -365,7 +365,8 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
     let metrics = ledgerd::metrics::Metrics::new();
     let mut decode_seconds = Vec::new();
     let mut pass_seconds = Vec::new();
-    for pass in 0..passes.max(1) {
+    let passes = passes.max(1);
+    for pass in 0..passes {
         // Decode alone: the share of the pass that is JSON.
         let started = Instant::now();
         let decoded_ok = work
@@ -404,7 +405,7 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
         state.commit_sealed()?;
         pass_seconds.push(started.elapsed().as_secs_f64());
 
-        if pass + 1 == passes.max(1) {
+        if pass + 1 == passes {
             let usd = ledgerd::ledger::Currency::parse("USD").ok_or_else(|| anyhow::anyhow!("USD is a currency"))?;
             let mut wrong = 0;
             for (account, cents) in &work.expected {
