@@ -207,14 +207,15 @@ async fn account(
     State(state): State<ApiState>,
     Path(account_id): Path<String>,
     Query(query): Query<AsOfQuery>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
     let as_of = match parse_as_of(query.as_of.as_deref()) {
         Ok(as_of) => as_of,
         Err(refusal) => return refusal,
     };
-    let (partition, store) = match state.serving_store(&account_id, uri, headers).await {
+    // The request itself, not its URI and headers cloned: they are needed only to forward it.
+    let (parts, _) = request.into_parts();
+    let (partition, store) = match state.serving_store(&account_id, parts.uri, parts.headers).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
@@ -257,14 +258,15 @@ async fn transactions(
     State(state): State<ApiState>,
     Path(account_id): Path<String>,
     Query(query): Query<PageQuery>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000 (default 100)");
     }
-    let (partition, store) = match state.serving_store(&account_id, uri, headers).await {
+    // The request itself, not its URI and headers cloned: they are needed only to forward it.
+    let (parts, _) = request.into_parts();
+    let (partition, store) = match state.serving_store(&account_id, parts.uri, parts.headers).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
@@ -323,10 +325,12 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 
 async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     // The matched route template, never the raw path: labels stay bounded.
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    // (A clone of the matched path shares its text; no string is built per request.)
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.http_request(&route, response.status().as_str(), started.elapsed());
+    let route = route.as_ref().map_or("", MatchedPath::as_str);
+    state.metrics.http_request(route, response.status().as_str(), started.elapsed());
     response
 }
 

@@ -32,9 +32,14 @@ pub struct Family {
     pub labels: Vec<String>,
 }
 
-/// All of ledgerd's metrics, registered in their own registry (no process-wide globals).
+/// All of ledgerd's metrics, registered in their own registry (no process-wide globals). Cheap to
+/// clone: one shared set of handles (every API request clones it a few times through axum's
+/// `State`; cloning the 25 handles one by one was 9% of a loaded instance's CPU).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricSet>);
+
+/// The metric handles behind [`Metrics`].
+pub struct MetricSet {
     registry: Registry,
     families: Arc<Vec<Family>>,
     events: IntCounterVec,
@@ -233,7 +238,7 @@ impl Metrics {
             errors.with_label_values(&[kind.code()]);
         }
 
-        Metrics {
+        Metrics(Arc::new(MetricSet {
             registry: r.registry,
             families: Arc::new(r.families),
             events,
@@ -257,7 +262,7 @@ impl Metrics {
             restore_remaining,
             restoring_partitions,
             scrape,
-        }
+        }))
     }
 
     /// Every registered metric family, in registration order.
@@ -369,6 +374,14 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+
+    fn deref(&self) -> &MetricSet {
+        &self.0
     }
 }
 
