@@ -23,10 +23,7 @@ source scripts/bench-common.sh
 command -v wrk >/dev/null || { echo "wrk not found (Debian package wrk)" >&2; exit 1; }
 TOPIC="api-$(date +%s)-$$"
 
-echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
-"$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions 6 \
-    --events "$EVENTS" --accounts "$ACCOUNTS" --expected "$WORK/expected.json" >"$WORK/produce.json"
-TOTAL="$(json "$WORK/produce.json" produced)"
+produce_history 6
 
 # node NAME: starts ledgerd as instance NAME of the benchmark's group (sets NODE_PID/NODE_URL).
 node() {

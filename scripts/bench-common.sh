@@ -27,6 +27,22 @@ json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.arg
 # Sum of a metric's series at a ledgerd URL, as an integer (awk would print large sums as 1e+07).
 metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%d\n", s}'; }
 
+# produce_history PARTITIONS [PRODUCE_ARGS...]: creates $TOPIC with PARTITIONS partitions and
+# produces $EVENTS generated events over $ACCOUNTS accounts to it; the expected balances go to
+# $WORK/expected.json, the generator's counts to $WORK/produce.json, the record count to TOTAL.
+# BENCH_DEAD_LETTERS=0 generates no malformed or conflicting records (no dead-letter traffic,
+# which a large tansu database answers slowly).
+produce_history() {
+    local partitions="$1" bad=()
+    shift
+    if [[ "${BENCH_DEAD_LETTERS:-1}" == 0 ]]; then bad=(--malformed-rate 0 --conflict-rate 0); fi
+    echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
+    "$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions "$partitions" \
+        --events "$EVENTS" --accounts "$ACCOUNTS" "${bad[@]}" "$@" --expected "$WORK/expected.json" \
+        >"$WORK/produce.json"
+    TOTAL="$(json "$WORK/produce.json" produced)"
+}
+
 # start_node NAME GROUP LOG_FILTER [EXTRA_TOML]: writes $WORK/NAME.toml (input $TOPIC and its DLQ,
 # state in $WORK/state-NAME, HTTP on a free port, then EXTRA_TOML's tables), starts ledgerd with
 # it (log in $WORK/NAME.log) and sets NODE_PID and NODE_URL.
@@ -67,7 +83,8 @@ case "${BENCH_BIN:+prebuilt}:$PROFILE" in
         BIN=target/release
         ;;
     :dev)
-        cargo build --all-targets --quiet
+        # The test profile, so the dependencies `cargo test` built are reused.
+        cargo build --all-targets --profile test --quiet
         BIN=target/debug
         ;;
     *)

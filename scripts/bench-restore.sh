@@ -37,12 +37,7 @@ if [[ -n "$HISTORY" && -f "$HISTORY/topic" ]]; then
     cp "$HISTORY/expected.json" "$HISTORY/produce.json" "$WORK/"
     echo "reusing the history in $TOPIC (from $HISTORY) on $BROKERS"
 else
-    BAD_RECORDS=()
-    if [[ "${BENCH_DEAD_LETTERS:-1}" == 0 ]]; then BAD_RECORDS=(--malformed-rate 0 --conflict-rate 0); fi
-    echo "producing $EVENTS events over $ACCOUNTS accounts to $TOPIC on $BROKERS ..."
-    "$BIN/ledgerd-bench" produce --brokers "$BROKERS" --topic "$TOPIC" --partitions 1 \
-        --events "$EVENTS" --accounts "$ACCOUNTS" --seconds-per-event "$SECONDS_PER_EVENT" \
-        "${BAD_RECORDS[@]}" --expected "$WORK/expected.json" >"$WORK/produce.json"
+    produce_history 1 --seconds-per-event "$SECONDS_PER_EVENT"
     if [[ -n "$HISTORY" ]]; then
         mkdir -p "$HISTORY"
         cp "$WORK/expected.json" "$WORK/produce.json" "$HISTORY/"

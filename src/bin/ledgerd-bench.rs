@@ -6,7 +6,10 @@
 //! - `engine`: the engine's ceiling without a broker: records from memory through decode, apply
 //!   and checkpoint on one thread;
 //! - `targets`: splits the accounts into those an instance serves itself and those it forwards
-//!   (`scripts/bench-api.sh` loads each list into wrk).
+//!   (`scripts/bench-api.sh` loads each list into wrk);
+//! - `recovery`: runs ledgerd, kills it with SIGKILL part-way through a catch-up, starts it again
+//!   on the same state and measures how long until it processes again and how much it re-read
+//!   (`scripts/bench-recovery.sh`).
 //!
 //! Each prints one JSON line of results on stdout.
 
@@ -126,6 +129,32 @@ enum Command {
         #[arg(long)]
         forwarded: PathBuf,
     },
+    Recovery {
+        /// The ledgerd binary.
+        #[arg(long)]
+        ledgerd: PathBuf,
+        /// Its config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The config of the restarted process (default: --config). It must name the same state
+        /// directory and HTTP address; it may name another group.
+        #[arg(long)]
+        restart_config: Option<PathBuf>,
+        /// Its base URL (http.listen of the config).
+        #[arg(long)]
+        url: String,
+        /// Records in the topic.
+        #[arg(long)]
+        total: i64,
+        /// Share of the records processed when the first run is killed.
+        #[arg(long, default_value_t = 0.5)]
+        kill_at: f64,
+        /// ledgerd's stderr goes to LOG.1 (killed run) and LOG.2 (restarted run).
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -142,7 +171,7 @@ fn main() -> anyhow::Result<()> {
             dedupe_window_secs,
             expected,
         } => {
-            let recent_events = (dedupe_window_secs / 2 / u64::from(seconds_per_event.max(1))) as usize;
+            let recent_events = recent_events(dedupe_window_secs, seconds_per_event);
             let shape = Shape {
                 events,
                 accounts,
@@ -159,13 +188,29 @@ fn main() -> anyhow::Result<()> {
         Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
         Command::Engine { events, accounts, checkpoint_every, passes, dir } => {
-            engine(&Shape { events, accounts, ..Shape::default() }, checkpoint_every, passes, &dir)
+            let recent_events = recent_events(ENGINE_DEDUPE_WINDOW.as_secs(), 1);
+            engine(&Shape { events, accounts, recent_events, ..Shape::default() }, checkpoint_every, passes, &dir)
         }
         Command::Targets { url, instance, expected, local, forwarded } => {
             targets(&url, &instance, &expected, &local, &forwarded)
         }
+        Command::Recovery { ledgerd, config, restart_config, url, total, kill_at, log, timeout_secs } => {
+            let restart_config = restart_config.unwrap_or_else(|| config.clone());
+            let run = Run { ledgerd, configs: [config, restart_config], url, log };
+            recovery(&run, total, kill_at, Duration::from_secs(timeout_secs))
+        }
     }
 }
+
+/// Events whose transaction ids the generator's duplicates and reversals may target: those within
+/// half the dedupe window (older ids are forgotten by design, and a re-delivery of one would be
+/// applied again, which the expectation does not model).
+fn recent_events(dedupe_window_secs: u64, seconds_per_event: u32) -> usize {
+    usize::try_from(dedupe_window_secs / 2 / u64::from(seconds_per_event.max(1))).unwrap_or(usize::MAX)
+}
+
+/// The dedupe window of the engine benchmark's partition (ledgerd's default).
+const ENGINE_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 fn produce(target: &TopicArgs, seed: u64, shape: &Shape, expected: &PathBuf) -> anyhow::Result<()> {
     let (brokers, topic, partitions) = (target.brokers.as_str(), target.topic.as_str(), target.partitions);
@@ -255,9 +300,26 @@ fn drain(target: &TopicArgs) -> anyhow::Result<()> {
     let seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     println!(
         "{}",
-        serde_json::json!({"records": records, "bytes": bytes, "seconds": seconds, "records_per_second": records as f64 / seconds})
+        serde_json::json!({
+            "records": records, "bytes": bytes, "seconds": seconds, "records_per_second": records as f64 / seconds,
+            "cpu_seconds": own_cpu_seconds()?,
+        })
     );
     Ok(())
+}
+
+/// User + system CPU this process has used (fields 14 and 15 of /proc/self/stat, in clock ticks).
+fn own_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = stat.rsplit_once(')').map_or(stat.as_str(), |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc/self/stat"))?.parse::<f64>()?)
+    };
+    // Field 14 is the 12th after the name: fields 3.. start at index 0. Clock ticks are USER_HZ,
+    // which the kernel ABI fixes at 100 on the architectures ledgerd is built for (`getconf CLK_TCK`).
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
@@ -384,13 +446,8 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
         let env = StoreEnv::new(&StateConfig { dir: state_dir.clone(), ..StateConfig::default() })?;
         let (store, _) = env.open_partition("bench", 0)?;
         let store = std::sync::Arc::new(store);
-        let mut state = PartitionState::new(
-            0,
-            std::sync::Arc::clone(&store),
-            0,
-            Duration::from_secs(7 * 86_400),
-            metrics.for_partition(0),
-        )?;
+        let mut state =
+            PartitionState::new(0, std::sync::Arc::clone(&store), 0, ENGINE_DEDUPE_WINDOW, metrics.for_partition(0))?;
         let started = Instant::now();
         for (offset, record) in work.records.iter().enumerate() {
             let key = Some(record.key.as_bytes());
@@ -435,5 +492,99 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
             "balances_verified": work.expected.len(),
         })
     );
+    Ok(())
+}
+
+/// How to start the ledgerd process `recovery` kills and restarts.
+struct Run {
+    ledgerd: PathBuf,
+    /// The first and the restarted process's config.
+    configs: [PathBuf; 2],
+    url: String,
+    log: PathBuf,
+}
+
+impl Run {
+    /// Starts the first (`attempt` 1) or the restarted (2) process.
+    fn spawn(&self, attempt: usize) -> anyhow::Result<std::process::Child> {
+        let log = std::fs::File::create(self.log.with_extension(format!("log.{attempt}")))?;
+        Ok(std::process::Command::new(&self.ledgerd)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.configs[attempt - 1])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// Records processed and the sum of the checkpointed offsets, if /metrics answers.
+    fn progress(&self) -> Option<(i64, i64)> {
+        match http_get(&format!("{}/metrics", self.url)) {
+            Ok((200, text)) => Some((
+                metric_sum(&text, "ledgerd_events_total{", "") as i64,
+                metric_sum(&text, "ledgerd_checkpointed_offset{", "") as i64,
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Kills ledgerd (SIGKILL) once `kill_at` of the records are processed, starts it again at once on
+/// the same state and config, and reports the time from the kill until the new process answers
+/// HTTP and until it processes its first record, and how many records it processed again.
+///
+/// The re-read count is exact on the restarted side: every record from its checkpoint to the end
+/// is processed once by it, so its checkpoint is `total` minus what it processed. The killed
+/// process's position is its last scrape, taken just before the kill; it may have processed a few
+/// more records in between, so `reread_records` is a lower bound by at most that gap's work.
+fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut first = run.spawn(1)?;
+    let threshold = (total as f64 * kill_at) as i64;
+    let (processed_before_kill, checkpointed_before_kill) = loop {
+        anyhow::ensure!(Instant::now() < deadline, "ledgerd did not reach {threshold} records in time");
+        anyhow::ensure!(first.try_wait()?.is_none(), "ledgerd exited before it was killed");
+        if let Some((processed, checkpointed)) = run.progress() {
+            anyhow::ensure!(checkpointed < total, "caught up before the kill: raise --total or lower --kill-at");
+            if processed >= threshold {
+                break (processed, checkpointed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    first.kill()?; // SIGKILL
+    let killed = Instant::now();
+    first.wait()?;
+
+    let mut second = run.spawn(2)?;
+    let (mut answering, mut processing) = (None, None);
+    let processed_after = loop {
+        anyhow::ensure!(Instant::now() < deadline, "restarted ledgerd did not catch up in time");
+        anyhow::ensure!(second.try_wait()?.is_none(), "restarted ledgerd exited");
+        if let Some((processed, checkpointed)) = run.progress() {
+            answering.get_or_insert_with(|| killed.elapsed());
+            if processed > 0 {
+                processing.get_or_insert_with(|| killed.elapsed());
+            }
+            if checkpointed >= total {
+                break processed;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(if processing.is_some() { 50 } else { 2 }));
+    };
+    let resumed_from = total - processed_after;
+    let result = serde_json::json!({
+        "records": total,
+        "processed_before_kill": processed_before_kill,
+        "checkpointed_before_kill": checkpointed_before_kill,
+        "resumed_from": resumed_from,
+        "reread_records": processed_before_kill - resumed_from,
+        "seconds_to_http": answering.map(|d| d.as_secs_f64()),
+        "seconds_to_processing": processing.map(|d| d.as_secs_f64()),
+        "pid": second.id(),
+    });
+    println!("{result}");
+    // Dropping the handle leaves the process running: the caller verifies its balances and stops it.
+    drop(second);
     Ok(())
 }
