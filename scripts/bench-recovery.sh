@@ -85,6 +85,7 @@ print(f"| killed (SIGKILL) after | {r['processed_before_kill']:,} records proces
 print(f"| kill → restarted process answers HTTP | {r['seconds_to_http']:.2f} s |")
 print(f"| kill → restarted process processes again | {r['seconds_to_processing']:.2f} s |")
 print(f"| restarted from (checkpoint, all partitions) | {r['resumed_from']:,} |")
-print(f"| records processed twice | {r['reread_records']:,} (bound: 6 partitions × max_records {max_records:,} = {6 * max_records:,}) |")
+print(f"| records processed twice | {r['reread_records']:,} (bound: 6 partitions × max_records {max_records:,} = {6 * max_records:,}, "
+      f"twice that while dead letters are pending) |")
 print(f"| balances verified after catch-up | {produce['accounts'] - verify['wrong']:,} / {produce['accounts']:,} exact |")
 PY

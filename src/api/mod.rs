@@ -130,14 +130,11 @@ impl ApiState {
     }
 
     /// The account's partition and its local store, or the answer to send instead: the owner's
-    /// (forwarded), or 503 while the partition is moving.
-    async fn serving_store(
-        &self,
-        account_id: &str,
-        uri: axum::http::Uri,
-        headers: HeaderMap,
-    ) -> Result<(i32, Arc<PartitionStore>), Response> {
+    /// (forwarded), or 503 while the partition is moving. Takes the request itself: its URI and
+    /// headers are moved, not cloned, and only a forward uses them.
+    async fn serving_store(&self, account_id: &str, request: Request) -> Result<(i32, Arc<PartitionStore>), Response> {
         let Some(partition) = self.partition_of(account_id) else { return Err(moving(None)) };
+        let (axum::http::request::Parts { uri, headers, .. }, _) = request.into_parts();
         match self.locate(partition, &headers) {
             Place::Local(store) => Ok((partition, store)),
             Place::Remote(owner) => Err(self.forward(partition, &owner, &RequestParts { uri, headers }).await),
@@ -213,9 +210,7 @@ async fn account(
         Ok(as_of) => as_of,
         Err(refusal) => return refusal,
     };
-    // The request itself, not its URI and headers cloned: they are needed only to forward it.
-    let (parts, _) = request.into_parts();
-    let (partition, store) = match state.serving_store(&account_id, parts.uri, parts.headers).await {
+    let (partition, store) = match state.serving_store(&account_id, request).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
@@ -264,9 +259,7 @@ async fn transactions(
     if limit == 0 || limit > MAX_PAGE {
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000 (default 100)");
     }
-    // The request itself, not its URI and headers cloned: they are needed only to forward it.
-    let (parts, _) = request.into_parts();
-    let (partition, store) = match state.serving_store(&account_id, parts.uri, parts.headers).await {
+    let (partition, store) = match state.serving_store(&account_id, request).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };

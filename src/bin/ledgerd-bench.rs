@@ -530,7 +530,7 @@ impl Run {
 }
 
 /// Kills ledgerd (SIGKILL) once `kill_at` of the records are processed, starts it again at once on
-/// the same state and config, and reports the time from the kill until the new process answers
+/// the same state (with the restart config), and reports the time from the kill until the new process answers
 /// HTTP and until it processes its first record, and how many records it processed again.
 ///
 /// The re-read count is exact on the restarted side: every record from its checkpoint to the end

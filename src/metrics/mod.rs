@@ -41,7 +41,7 @@ pub struct Metrics(Arc<MetricSet>);
 /// The metric handles behind [`Metrics`].
 pub struct MetricSet {
     registry: Registry,
-    families: Arc<Vec<Family>>,
+    families: Vec<Family>,
     events: IntCounterVec,
     dead_lettered: IntCounterVec,
     checkpointed_offset: IntGaugeVec,
@@ -240,7 +240,7 @@ impl Metrics {
 
         Metrics(Arc::new(MetricSet {
             registry: r.registry,
-            families: Arc::new(r.families),
+            families: r.families,
             events,
             dead_lettered,
             checkpointed_offset,
