@@ -20,9 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most expired transaction ids forgotten per checkpoint, so pruning never makes one checkpoint slow.
-const FORGET_PER_CHECKPOINT: usize = 20_000;
-
 /// What became of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
@@ -60,9 +57,6 @@ pub struct PartitionState {
     dedupe_window_micros: i64,
     records_since_checkpoint: u64,
     last_checkpoint: Instant,
-    /// Every remembered transaction with an earlier event time is already forgotten (a late event
-    /// older than this is remembered until the next restart resets the floor: storage, not safety).
-    expiry_floor: i64,
     /// After a restore: accounts whose input records below the offset are already in their state.
     restore_skips: HashMap<String, i64>,
     /// The largest offset in `restore_skips`; once the partition reads past it the skips go.
@@ -97,7 +91,6 @@ impl PartitionState {
             dedupe_window_micros: i64::try_from(dedupe_window.as_micros()).unwrap_or(i64::MAX),
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
-            expiry_floor: i64::MIN,
             restore_skips_until: restore_skips.values().copied().max().unwrap_or(i64::MIN),
             restore_skips,
             history_floor: i64::MIN,
@@ -162,6 +155,7 @@ impl PartitionState {
                     store: &self.store,
                     sealed: self.sealed.as_ref().map(|s| &s.overlay),
                     overlay: &mut self.overlay,
+                    remembered_from: dedupe_horizon(self.watermark_micros, self.dedupe_window_micros),
                 };
                 match ledger::apply(&mut view, event)? {
                     ledger::Outcome::Applied { delta, currency } => {
@@ -283,20 +277,16 @@ impl PartitionState {
     pub fn commit_sealed(&mut self) -> Result<Option<i64>, StoreError> {
         let Some(sealed) = &self.sealed else { return Ok(None) };
         let mut batch = self.store.begin();
-        let mut next_floor = self.expiry_floor;
         sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
         let skips_done = !self.restore_skips.is_empty() && sealed.next_offset >= self.restore_skips_until;
         if skips_done {
             batch.clear_restore_skips();
         }
-        if sealed.watermark_micros != i64::MIN {
-            let cutoff = sealed.watermark_micros.saturating_sub(self.dedupe_window_micros);
-            let (_, floor) = batch.forget_transactions_before(self.expiry_floor, cutoff, FORGET_PER_CHECKPOINT)?;
-            next_floor = floor;
-        }
         batch.commit_with_floor(sealed.next_offset, sealed.watermark_micros, sealed.history_floor)?;
         let sealed = self.sealed.take().expect("checked above");
-        self.expiry_floor = next_floor;
+        // Only once durable: after a crash the partition re-reads from the checkpoint with its
+        // watermark, and must find every transaction that watermark still remembers.
+        self.store.raise_dedupe_horizon(dedupe_horizon(sealed.watermark_micros, self.dedupe_window_micros));
         if skips_done {
             self.restore_skips.clear();
             self.restore_skips_until = i64::MIN;
@@ -315,6 +305,16 @@ impl PartitionState {
         self.seal();
         self.commit_sealed()
     }
+}
+
+/// The oldest event time a partition whose newest event time is `watermark_micros` remembers
+/// transactions from. The rule is exact and the same on every owner, whatever compaction has
+/// dropped yet: a transaction is remembered exactly when its event time is at most the dedupe
+/// window behind the newest event time applied before it is looked up. Snapshots carry exactly
+/// those transactions (see `PartitionStore::scan_changed_accounts`), so a restored owner decides
+/// every duplicate as the previous owner would have.
+fn dedupe_horizon(watermark_micros: i64, dedupe_window_micros: i64) -> i64 {
+    watermark_micros.saturating_sub(dedupe_window_micros)
 }
 
 #[cfg(test)]
@@ -376,6 +376,33 @@ mod tests {
         );
         assert_eq!(state.checkpoint().unwrap(), Some(4));
         assert_eq!(state.checkpoint().unwrap(), None);
+    }
+
+    #[test]
+    fn transactions_behind_the_dedupe_window_are_forgotten_wherever_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let mut state =
+            PartitionState::new(0, Arc::new(store), 0, Duration::from_secs(3600), Metrics::new().for_partition(0))
+                .unwrap();
+        let old = seed("t1", "-1.00", "2024-03-11T00:00:00");
+        assert_eq!(state.process(0, Some(b"6ad87cf1"), &old).unwrap(), Disposition::Applied);
+        // Inside the window (the newest event time is t1's own): a duplicate.
+        assert_eq!(state.process(1, Some(b"6ad87cf1"), &old).unwrap(), Disposition::Duplicate);
+        assert_eq!(state.checkpoint().unwrap(), Some(2));
+        let later = seed("t2", "-2.00", "2024-03-11T00:59:59");
+        assert_eq!(state.process(2, Some(b"6ad87cf1"), &later).unwrap(), Disposition::Applied);
+        assert_eq!(state.process(3, Some(b"6ad87cf1"), &old).unwrap(), Disposition::Duplicate, "59:59 behind");
+        // Two hours on, t1 (in the store) is outside the window although nothing deleted it yet;
+        // t2 (still in the overlay) too, once the window has moved past it.
+        let newest = seed("t3", "-4.00", "2024-03-11T02:00:00");
+        assert_eq!(state.process(4, Some(b"6ad87cf1"), &newest).unwrap(), Disposition::Applied);
+        assert_eq!(state.process(5, Some(b"6ad87cf1"), &old).unwrap(), Disposition::Applied);
+        assert_eq!(state.process(6, Some(b"6ad87cf1"), &later).unwrap(), Disposition::Applied);
+        assert_eq!(state.process(7, Some(b"6ad87cf1"), &newest).unwrap(), Disposition::Duplicate);
+        assert_eq!(state.checkpoint().unwrap(), Some(8));
+        assert_eq!(usd_balance(&state).as_deref(), Some("-10.00"));
     }
 
     #[test]

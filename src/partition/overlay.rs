@@ -64,6 +64,9 @@ pub(super) struct View<'a> {
     pub store: &'a PartitionStore,
     pub sealed: Option<&'a Overlay>,
     pub overlay: &'a mut Overlay,
+    /// Transactions with an older event time are forgotten (outside the dedupe window), wherever
+    /// they are still found.
+    pub remembered_from: i64,
 }
 
 impl LedgerState for View<'_> {
@@ -80,13 +83,14 @@ impl LedgerState for View<'_> {
     }
 
     fn transaction(&mut self, account: &str, transaction_id: &str) -> Result<Option<TransactionRecord>, StoreError> {
-        if let Some(record) = self.overlay.transaction(account, transaction_id) {
-            return Ok(Some(record.clone()));
-        }
-        if let Some(record) = self.sealed.and_then(|sealed| sealed.transaction(account, transaction_id)) {
-            return Ok(Some(record.clone()));
-        }
-        self.store.transaction(account, transaction_id)
+        let found = if let Some(record) = self.overlay.transaction(account, transaction_id) {
+            Some(record.clone())
+        } else if let Some(record) = self.sealed.and_then(|sealed| sealed.transaction(account, transaction_id)) {
+            Some(record.clone())
+        } else {
+            self.store.transaction(account, transaction_id)?
+        };
+        Ok(found.filter(|record| record.event_time_micros >= self.remembered_from))
     }
 
     fn set_balance(&mut self, account: &str, currency: Currency, balance: Amount) {

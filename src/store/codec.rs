@@ -12,8 +12,16 @@ const BALANCE_V1: u8 = 1;
 /// Format of balance values: byte 2, the 16-byte amount, then the next offset (i64 BE) of the
 /// checkpoint that last changed it, so a snapshot round can find the accounts changed since the last.
 const BALANCE_V2: u8 = 2;
-/// Format of transaction values: byte 1, then a `StoredTransaction` protobuf.
+/// Format of transaction values written before ledgerd 0.2: byte 1, then a `StoredTransaction`
+/// protobuf. Still read.
 const TRANSACTION_V1: u8 = 1;
+/// Format of transaction values: byte 2, the event time (i64 BE micros) where the expiry
+/// compaction filter reads it without decoding, the kind, a reversed flag (0 or 1), the 16-byte
+/// delta, the 3-byte currency, then the reversal target's id (the rest of the value, usually empty).
+/// Fixed offsets instead of protobuf: one of these is written for every applied record, and
+/// encoding it allocates nothing beyond the caller's buffer.
+const TRANSACTION_V2: u8 = 2;
+const TRANSACTION_V2_FIXED: usize = 1 + 8 + 1 + 1 + 16 + 3;
 
 /// Format of history values: byte 1, the retention time (i64 BE micros: the event time, or the
 /// partition's watermark for a record without one) where a compaction filter can read it without
@@ -50,25 +58,67 @@ pub fn decode_balance_entry(bytes: &[u8]) -> Result<(Amount, i64), CodecError> {
     }
 }
 
+/// Appends the encoding of `record` to `out`.
+pub fn encode_transaction_into(record: &TransactionRecord, out: &mut Vec<u8>) {
+    let reverses = record.reverses.as_deref().unwrap_or_default();
+    out.reserve(TRANSACTION_V2_FIXED + reverses.len());
+    out.push(TRANSACTION_V2);
+    out.extend_from_slice(&record.event_time_micros.to_be_bytes());
+    out.push(record.kind as u8);
+    out.push(u8::from(record.reversed));
+    out.extend_from_slice(&record.delta.to_bytes());
+    out.extend_from_slice(record.currency.as_bytes());
+    out.extend_from_slice(reverses.as_bytes());
+}
+
 pub fn encode_transaction(record: &TransactionRecord) -> Vec<u8> {
-    let message = StoredTransaction {
-        kind: u32::from(record.kind as u8),
-        amount: record.delta.to_bytes().to_vec(),
-        currency: record.currency.as_str().to_owned(),
-        event_time_micros: record.event_time_micros,
-        reverses: record.reverses.clone().unwrap_or_default(),
-        reversed: record.reversed,
-    };
-    let mut out = Vec::with_capacity(1 + message.encoded_len());
-    out.push(TRANSACTION_V1);
-    message.encode(&mut out).expect("a Vec grows as needed");
+    let mut out = Vec::new();
+    encode_transaction_into(record, &mut out);
     out
 }
 
+/// The event time of a stored transaction, read without decoding the rest (for the compaction
+/// filter that forgets transactions older than the dedupe window). `None` when undecodable.
+pub fn transaction_event_time(bytes: &[u8]) -> Option<i64> {
+    match bytes.first() {
+        Some(&TRANSACTION_V2) => Some(i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?)),
+        Some(&TRANSACTION_V1) => decode_transaction(bytes).ok().map(|r| r.event_time_micros),
+        _ => None,
+    }
+}
+
 pub fn decode_transaction(bytes: &[u8]) -> Result<TransactionRecord, CodecError> {
-    let Some((&TRANSACTION_V1, rest)) = bytes.split_first() else {
-        return Err(CodecError(format!("unknown transaction format {:?}", bytes.first())));
+    match bytes.split_first() {
+        Some((&TRANSACTION_V2, _)) => decode_transaction_v2(bytes),
+        Some((&TRANSACTION_V1, rest)) => decode_transaction_v1(rest),
+        _ => Err(CodecError(format!("unknown transaction format {:?}", bytes.first()))),
+    }
+}
+
+fn decode_transaction_v2(bytes: &[u8]) -> Result<TransactionRecord, CodecError> {
+    if bytes.len() < TRANSACTION_V2_FIXED {
+        return Err(CodecError(format!("transaction of {} bytes", bytes.len())));
+    }
+    let event_time_micros = i64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+    let kind = EventKind::from_u8(bytes[9]).ok_or_else(|| CodecError(format!("unknown event kind {}", bytes[9])))?;
+    let reversed = match bytes[10] {
+        0 => false,
+        1 => true,
+        other => return Err(CodecError(format!("reversed flag {other}"))),
     };
+    let delta = Amount::from_bytes(bytes[11..27].try_into().expect("16 bytes"));
+    let currency = std::str::from_utf8(&bytes[27..30])
+        .ok()
+        .and_then(Currency::parse)
+        .ok_or_else(|| CodecError(format!("bad currency {:?}", &bytes[27..30])))?;
+    let reverses = match &bytes[TRANSACTION_V2_FIXED..] {
+        [] => None,
+        id => Some(String::from_utf8(id.to_vec()).map_err(|_| CodecError("reversal target is not UTF-8".into()))?),
+    };
+    Ok(TransactionRecord { kind, delta, currency, event_time_micros, reverses, reversed })
+}
+
+fn decode_transaction_v1(rest: &[u8]) -> Result<TransactionRecord, CodecError> {
     let m = StoredTransaction::decode(rest).map_err(|e| CodecError(e.to_string()))?;
     let kind = u8::try_from(m.kind)
         .ok()
@@ -86,25 +136,45 @@ pub fn decode_transaction(bytes: &[u8]) -> Result<TransactionRecord, CodecError>
     })
 }
 
-pub fn encode_history(entry: &HistoryEntry, retention_micros: i64) -> Vec<u8> {
-    let (amount, currency) = match entry.effect {
-        Some((amount, currency)) => (amount.to_bytes().to_vec(), currency.as_str().to_owned()),
-        None => (Vec::new(), String::new()),
-    };
-    let message = StoredHistoryEntry {
-        outcome: entry.outcome.to_u32(),
-        transaction_id: entry.transaction_id.clone(),
-        kind: entry.kind.map_or(0, |k| u32::from(k as u8)),
-        amount,
-        currency,
-        event_time_micros: entry.event_time_micros,
-        reverses: entry.reverses.clone().unwrap_or_default(),
-        reason: entry.reason.clone().unwrap_or_default(),
-    };
-    let mut out = Vec::with_capacity(9 + message.encoded_len());
+/// Appends the encoding of `entry` to `out`: the `HistoryEntry` protobuf, written field by field
+/// from the borrowed entry (building the generated message would copy every string, once per record).
+pub fn encode_history_into(entry: &HistoryEntry, retention_micros: i64, out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    fn bytes_field(tag: u32, value: &[u8], out: &mut Vec<u8>) {
+        if !value.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(value.len() as u64, out);
+            out.extend_from_slice(value);
+        }
+    }
+    fn varint_field(tag: u32, value: u64, out: &mut Vec<u8>) {
+        if value != 0 {
+            encode_key(tag, WireType::Varint, out);
+            encode_varint(value, out);
+        }
+    }
     out.push(HISTORY_V1);
     out.extend_from_slice(&retention_micros.to_be_bytes());
-    message.encode(&mut out).expect("a Vec grows as needed");
+    // Field numbers as in proto/ledgerd/v1/storage.proto; proto3 leaves default values out.
+    varint_field(1, u64::from(entry.outcome.to_u32()), out);
+    bytes_field(2, entry.transaction_id.as_bytes(), out);
+    varint_field(3, entry.kind.map_or(0, |k| u64::from(k as u8)), out);
+    if let Some((amount, currency)) = entry.effect {
+        bytes_field(4, &amount.to_bytes(), out);
+        bytes_field(5, currency.as_bytes(), out);
+    }
+    if let Some(time) = entry.event_time_micros {
+        // `optional`: present even when 0; int64 is the two's-complement varint.
+        encode_key(6, WireType::Varint, out);
+        encode_varint(time as u64, out);
+    }
+    bytes_field(7, entry.reverses.as_deref().unwrap_or_default().as_bytes(), out);
+    bytes_field(8, entry.reason.as_deref().unwrap_or_default().as_bytes(), out);
+}
+
+pub fn encode_history(entry: &HistoryEntry, retention_micros: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_history_into(entry, retention_micros, &mut out);
     out
 }
 
@@ -181,7 +251,25 @@ mod tests {
             reverses: Some("t1".into()),
             reversed: true,
         };
-        assert_eq!(decode_transaction(&encode_transaction(&record)).unwrap(), record);
+        let bytes = encode_transaction(&record);
+        assert_eq!(decode_transaction(&bytes).unwrap(), record);
+        assert_eq!(transaction_event_time(&bytes), Some(-42));
+        let movement =
+            TransactionRecord { kind: EventKind::Payment, reverses: None, reversed: false, ..record.clone() };
+        assert_eq!(decode_transaction(&encode_transaction(&movement)).unwrap(), movement);
+        // The protobuf format of ledgerd 0.1 still reads.
+        let v1 = StoredTransaction {
+            kind: u32::from(record.kind as u8),
+            amount: record.delta.to_bytes().to_vec(),
+            currency: "EUR".into(),
+            event_time_micros: -42,
+            reverses: "t1".into(),
+            reversed: true,
+        };
+        let mut v1_bytes = vec![TRANSACTION_V1];
+        v1.encode(&mut v1_bytes).unwrap();
+        assert_eq!(decode_transaction(&v1_bytes).unwrap(), record);
+        assert_eq!(transaction_event_time(&v1_bytes), Some(-42));
         let entry = HistoryEntry {
             offset: 12,
             outcome: HistoryOutcome::Applied,
@@ -194,6 +282,7 @@ mod tests {
         };
         let bytes = encode_history(&entry, -42);
         assert_eq!(history_retention_micros(&bytes), Some(-42));
+        assert_eq!(&bytes[9..], prost_history(&entry).as_slice(), "the same bytes as the generated message");
         assert_eq!(decode_history(12, &bytes).unwrap(), entry);
         let dead = HistoryEntry {
             outcome: HistoryOutcome::DeadLettered,
@@ -206,6 +295,28 @@ mod tests {
             ..entry
         };
         assert_eq!(decode_history(12, &encode_history(&dead, 7)).unwrap(), dead);
+        assert_eq!(&encode_history(&dead, 7)[9..], prost_history(&dead).as_slice());
+        let at_zero = HistoryEntry { event_time_micros: Some(0), ..entry };
+        assert_eq!(decode_history(12, &encode_history(&at_zero, 0)).unwrap(), at_zero);
+    }
+
+    /// The generated message's encoding of `entry`, to compare the hand-written one with.
+    fn prost_history(entry: &HistoryEntry) -> Vec<u8> {
+        let (amount, currency) = match entry.effect {
+            Some((amount, currency)) => (amount.to_bytes().to_vec(), currency.as_str().to_owned()),
+            None => (Vec::new(), String::new()),
+        };
+        StoredHistoryEntry {
+            outcome: entry.outcome.to_u32(),
+            transaction_id: entry.transaction_id.clone(),
+            kind: entry.kind.map_or(0, |k| u32::from(k as u8)),
+            amount,
+            currency,
+            event_time_micros: entry.event_time_micros,
+            reverses: entry.reverses.clone().unwrap_or_default(),
+            reason: entry.reason.clone().unwrap_or_default(),
+        }
+        .encode_to_vec()
     }
 
     #[test]
@@ -213,6 +324,8 @@ mod tests {
         assert!(decode_balance(&[9; 17]).is_err());
         assert!(decode_balance(&[2; 17]).is_err());
         assert!(decode_transaction(&[2, 0]).is_err());
+        assert!(decode_transaction(&[3; 40]).is_err());
+        assert_eq!(transaction_event_time(&[9; 40]), None);
         assert!(decode_i64(&[1, 2]).is_err());
     }
 }

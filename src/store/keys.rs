@@ -8,8 +8,7 @@
 //! |----------------|------------------------------------------------|-----------------------------|
 //! | `meta`         | a [`MetaKey`] name                             | see `codec`                 |
 //! | `balances`     | account prefix, currency (3 bytes)             | format byte, amount, changed-at offset |
-//! | `transactions` | account prefix, transaction id                 | format byte + protobuf      |
-//! | `txn_expiry`   | event time (u64 BE, sign-flipped), account prefix, transaction id | empty    |
+//! | `transactions` | account prefix, transaction id                 | format byte, event time, record |
 //! | `restore_skip` | account prefix                                 | i64 BE: the account's snapshot offset |
 //! | `history`      | account prefix, input offset (i64 BE)          | format byte, retention time, protobuf |
 
@@ -18,13 +17,16 @@ use crate::ledger::Currency;
 pub const CF_META: &str = "meta";
 pub const CF_BALANCES: &str = "balances";
 pub const CF_TRANSACTIONS: &str = "transactions";
-pub const CF_TXN_EXPIRY: &str = "txn_expiry";
 /// Accounts restored from a snapshot record newer than the restore point: input records of that
 /// account below the stored offset are already in its state and must not be applied again.
 pub const CF_RESTORE_SKIP: &str = "restore_skip";
 /// Every input record of an account, by offset: the audit trail and point-in-time balances.
 pub const CF_HISTORY: &str = "history";
-pub const ALL_CFS: [&str; 6] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_TXN_EXPIRY, CF_RESTORE_SKIP, CF_HISTORY];
+pub const ALL_CFS: [&str; 5] = [CF_META, CF_BALANCES, CF_TRANSACTIONS, CF_RESTORE_SKIP, CF_HISTORY];
+/// Column families of earlier layouts, dropped when found. `txn_expiry` indexed transaction ids by
+/// event time so that a checkpoint could delete the expired ones: two more writes per transaction
+/// and a scan per checkpoint, where a compaction filter on `transactions` now does the same work.
+pub const RETIRED_CFS: [&str; 1] = ["txn_expiry"];
 
 /// Named entries of the `meta` column family.
 #[derive(Debug, Clone, Copy)]
@@ -73,59 +75,47 @@ pub fn account_prefix(account: &str) -> Vec<u8> {
 
 pub fn balance(account: &str, currency: Currency) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + account.len());
-    push_account(&mut key, account);
-    key.extend_from_slice(currency.as_bytes());
+    balance_into(&mut key, account, currency);
     key
+}
+
+/// Replaces `key`'s contents with the `balances` key (the `_into` forms let a checkpoint reuse one
+/// buffer for every key it writes).
+pub fn balance_into(key: &mut Vec<u8>, account: &str, currency: Currency) {
+    key.clear();
+    push_account(key, account);
+    key.extend_from_slice(currency.as_bytes());
 }
 
 pub fn transaction(account: &str, transaction_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + account.len() + transaction_id.len());
-    push_account(&mut key, account);
-    key.extend_from_slice(transaction_id.as_bytes());
+    transaction_into(&mut key, account, transaction_id);
     key
+}
+
+pub fn transaction_into(key: &mut Vec<u8>, account: &str, transaction_id: &str) {
+    key.clear();
+    push_account(key, account);
+    key.extend_from_slice(transaction_id.as_bytes());
 }
 
 /// An account's history entry at `offset` (offsets are never negative, so BE order is numeric).
 pub fn history(account: &str, offset: i64) -> Vec<u8> {
     let mut key = Vec::with_capacity(10 + account.len());
-    push_account(&mut key, account);
-    key.extend_from_slice(&offset.to_be_bytes());
+    history_into(&mut key, account, offset);
     key
+}
+
+pub fn history_into(key: &mut Vec<u8>, account: &str, offset: i64) {
+    key.clear();
+    push_account(key, account);
+    key.extend_from_slice(&offset.to_be_bytes());
 }
 
 /// The input offset a `history` key is filed under.
 pub fn history_offset(key: &[u8]) -> Option<i64> {
     let (_, rest) = split_account(key)?;
     Some(i64::from_be_bytes(rest.try_into().ok()?))
-}
-
-/// Signed micros mapped to u64 so that byte order is numeric order across negative values.
-fn ordered_time(micros: i64) -> [u8; 8] {
-    ((micros as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-pub fn expiry(event_time_micros: i64, account: &str, transaction_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(10 + account.len() + transaction_id.len());
-    key.extend_from_slice(&ordered_time(event_time_micros));
-    push_account(&mut key, account);
-    key.extend_from_slice(transaction_id.as_bytes());
-    key
-}
-
-/// The smallest expiry key with an event time >= `micros`: an exclusive upper bound for pruning.
-pub fn expiry_bound(micros: i64) -> Vec<u8> {
-    ordered_time(micros).to_vec()
-}
-
-/// The event time an expiry key is filed under.
-pub fn expiry_time(expiry_key: &[u8]) -> Option<i64> {
-    let bytes: [u8; 8] = expiry_key.get(..8)?.try_into().ok()?;
-    Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
-}
-
-/// Splits an expiry key back into the `transactions` key it points at.
-pub fn transaction_key_of_expiry(expiry_key: &[u8]) -> Option<&[u8]> {
-    expiry_key.get(8..)
 }
 
 /// Splits a key that starts with an account prefix into (account, rest of the key).
@@ -151,21 +141,6 @@ mod tests {
         let usd = Currency::parse("USD").unwrap();
         assert!(!balance("abc", usd).starts_with(&account_prefix("ab")));
         assert!(balance("ab", usd).starts_with(&account_prefix("ab")));
-    }
-
-    #[test]
-    fn expiry_keys_sort_by_time_including_negative() {
-        let mut keys = vec![expiry(5, "a", "t"), expiry(-5, "a", "t"), expiry(0, "a", "t"), expiry(i64::MIN, "z", "t")];
-        keys.sort();
-        assert_eq!(
-            keys,
-            vec![expiry(i64::MIN, "z", "t"), expiry(-5, "a", "t"), expiry(0, "a", "t"), expiry(5, "a", "t")]
-        );
-        assert!(expiry(4, "zz", "t") < expiry_bound(5));
-        assert!(expiry(5, "a", "t") >= expiry_bound(5));
-        assert_eq!(transaction_key_of_expiry(&expiry(9, "a", "t1")).unwrap(), transaction("a", "t1").as_slice());
-        assert_eq!(expiry_time(&expiry(-9, "a", "t1")), Some(-9));
-        assert_eq!(expiry_time(&expiry(i64::MIN, "a", "t1")), Some(i64::MIN));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::StateConfig;
 use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, Currency, HistoryEntry, TransactionRecord};
 use codec::CodecError;
-use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, CF_TXN_EXPIRY};
+use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, RETIRED_CFS};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
@@ -113,25 +113,36 @@ impl StoreEnv {
         options
     }
 
-    /// Opens a partition's database. History entries with a retention time below `horizon` are
-    /// dropped when RocksDB compacts them (nothing is read back to delete them).
-    fn open_db(&self, path: &Path, horizon: &Arc<AtomicI64>) -> Result<DB, rocksdb::Error> {
+    /// Opens a partition's database. Compaction drops history entries with a retention time below
+    /// `horizons.history` and transactions with an event time below `horizons.dedupe` (nothing is
+    /// read back to delete them). Column families of earlier layouts are dropped.
+    fn open_db(&self, path: &Path, horizons: &Horizons) -> Result<DB, rocksdb::Error> {
         let options = self.options();
-        let cfs = keys::ALL_CFS.iter().map(|name| {
+        // A database that does not exist yet has no column families to list.
+        let retired: Vec<&str> = match DB::list_cf(&options, path) {
+            Ok(existing) => RETIRED_CFS.into_iter().filter(|name| existing.iter().any(|e| e == name)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let cfs = keys::ALL_CFS.iter().chain(&retired).map(|name| {
             let mut cf_options = options.clone();
             if *name == CF_HISTORY {
-                let horizon = Arc::clone(horizon);
-                cf_options.set_compaction_filter(
+                drop_below(
+                    &mut cf_options,
                     "ledgerd_history_retention",
-                    move |_level: u32, _key: &[u8], value: &[u8]| match codec::history_retention_micros(value) {
-                        Some(time) if time < horizon.load(Ordering::Relaxed) => CompactionDecision::Remove,
-                        _ => CompactionDecision::Keep,
-                    },
+                    &horizons.history,
+                    codec::history_retention_micros,
                 );
+            }
+            if *name == CF_TRANSACTIONS {
+                drop_below(&mut cf_options, "ledgerd_dedupe_window", &horizons.dedupe, codec::transaction_event_time);
             }
             ColumnFamilyDescriptor::new(*name, cf_options)
         });
-        DB::open_cf_descriptors(&options, path, cfs)
+        let mut db = DB::open_cf_descriptors(&options, path, cfs)?;
+        for name in retired {
+            db.drop_cf(name)?;
+        }
+        Ok(db)
     }
 
     /// Moves the state of `topic`/`partition` aside (e.g. when it is older than the snapshot a
@@ -185,10 +196,10 @@ impl StoreEnv {
         let path = self.partition_dir(topic, partition);
         let identity = format!("{topic}\0{partition}");
         let mut set_aside = None;
-        let horizon = Arc::new(AtomicI64::new(i64::MIN));
-        let problem = match self.open_db(&path, &horizon) {
+        let horizons = Horizons::default();
+        let problem = match self.open_db(&path, &horizons) {
             Ok(db) => match check_identity(&db, &identity).and_then(|()| check_complete(&db)) {
-                Ok(()) => return Ok((self.store(db, path, &identity, horizon)?, None)),
+                Ok(()) => return Ok((self.store(db, path, &identity, horizons)?, None)),
                 Err(reason) => reason,
             },
             // Our own previous handle may still be closing (e.g. an API read holds it for a moment
@@ -198,20 +209,39 @@ impl StoreEnv {
         };
         // The failed handle is dropped above, so the directory can be moved.
         set_aside.replace(self.set_aside(topic, partition, problem)?);
-        let db = self.open_db(&path, &horizon)?;
-        Ok((self.store(db, path, &identity, horizon)?, set_aside))
+        let db = self.open_db(&path, &horizons)?;
+        Ok((self.store(db, path, &identity, horizons)?, set_aside))
     }
 
-    fn store(
-        &self,
-        db: DB,
-        path: PathBuf,
-        identity: &str,
-        horizon: Arc<AtomicI64>,
-    ) -> Result<PartitionStore, StoreError> {
-        let store = PartitionStore::new(db, path, identity, horizon, self.history_retention_micros)?;
+    fn store(&self, db: DB, path: PathBuf, identity: &str, horizons: Horizons) -> Result<PartitionStore, StoreError> {
+        let store = PartitionStore::new(db, path, identity, horizons, self.history_retention_micros)?;
         store.history_horizon.store(store.retention_horizon(store.watermark_micros), Ordering::Relaxed);
         Ok(store)
+    }
+}
+
+/// Makes compaction drop the values whose time (read by `time_of`, without decoding them) is below
+/// `horizon`. Undecodable values are kept.
+fn drop_below(options: &mut Options, name: &str, horizon: &Arc<AtomicI64>, time_of: fn(&[u8]) -> Option<i64>) {
+    let horizon = Arc::clone(horizon);
+    options.set_compaction_filter(name, move |_level: u32, _key: &[u8], value: &[u8]| match time_of(value) {
+        Some(time) if time < horizon.load(Ordering::Relaxed) => CompactionDecision::Remove,
+        _ => CompactionDecision::Keep,
+    });
+}
+
+/// Below these, compaction may drop what a partition no longer needs; shared with its compaction
+/// filters. Both only rise, and both start at `i64::MIN` (keep everything) until the first checkpoint.
+struct Horizons {
+    /// History entries with an older retention time (`state.history_retention`).
+    history: Arc<AtomicI64>,
+    /// Transactions with an older event time (`dedupe.window` behind the checkpointed watermark).
+    dedupe: Arc<AtomicI64>,
+}
+
+impl Default for Horizons {
+    fn default() -> Self {
+        Horizons { history: Arc::new(AtomicI64::new(i64::MIN)), dedupe: Arc::new(AtomicI64::new(i64::MIN)) }
     }
 }
 
@@ -276,6 +306,9 @@ pub struct PartitionStore {
     /// the compaction filter).
     history_horizon: Arc<AtomicI64>,
     history_retention_micros: i64,
+    /// Transactions with an older event time may be dropped by compaction (see
+    /// [`PartitionStore::raise_dedupe_horizon`]).
+    dedupe_horizon: Arc<AtomicI64>,
 }
 
 /// An account as of the last checkpoint, read from one consistent view.
@@ -304,7 +337,7 @@ impl PartitionStore {
         db: DB,
         path: PathBuf,
         identity: &str,
-        history_horizon: Arc<AtomicI64>,
+        horizons: Horizons,
         history_retention_micros: i64,
     ) -> Result<PartitionStore, StoreError> {
         let meta = db.cf_handle(CF_META).expect("opened with every column family");
@@ -325,7 +358,22 @@ impl PartitionStore {
             let floor = if next_offset.is_some() { watermark_micros } else { i64::MIN };
             db.put_cf_opt(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(floor), &synced())?;
         }
-        Ok(PartitionStore { db, path, next_offset, watermark_micros, history_horizon, history_retention_micros })
+        Ok(PartitionStore {
+            db,
+            path,
+            next_offset,
+            watermark_micros,
+            history_horizon: horizons.history,
+            history_retention_micros,
+            dedupe_horizon: horizons.dedupe,
+        })
+    }
+
+    /// Lets compaction forget transactions with an event time below `micros`. The caller (the
+    /// partition, which owns the dedupe window) no longer reads such transactions: it treats any
+    /// it finds as forgotten, so which ones compaction has dropped yet never changes an outcome.
+    pub fn raise_dedupe_horizon(&self, micros: i64) {
+        self.dedupe_horizon.fetch_max(micros, Ordering::Relaxed);
     }
 
     /// The retention horizon for a partition whose newest event time is `watermark_micros`.
@@ -630,7 +678,7 @@ impl PartitionStore {
 
     /// Starts a checkpoint. Nothing is visible until [`PartitionStore::commit`].
     pub fn begin(&self) -> Checkpoint<'_> {
-        Checkpoint { store: self, batch: WriteBatch::default() }
+        Checkpoint { store: self, batch: WriteBatch::default(), key: Vec::new(), value: Vec::new() }
     }
 }
 
@@ -638,16 +686,17 @@ impl PartitionStore {
 pub struct Checkpoint<'s> {
     store: &'s PartitionStore,
     batch: WriteBatch,
+    /// Reused encoding buffers: the batch copies what it is given, so one key and one value buffer
+    /// serve every put instead of two allocations per record.
+    key: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl Checkpoint<'_> {
     /// `changed_at` is the next offset of the checkpoint that makes this change durable.
     pub fn put_balance(&mut self, account: &str, currency: Currency, balance: Amount, changed_at: i64) {
-        self.batch.put_cf(
-            self.store.cf(CF_BALANCES),
-            keys::balance(account, currency),
-            codec::encode_balance(balance, changed_at),
-        );
+        keys::balance_into(&mut self.key, account, currency);
+        self.batch.put_cf(self.store.cf(CF_BALANCES), &self.key, codec::encode_balance(balance, changed_at));
     }
 
     /// Records that `account`'s restored state already reflects its input records below `valid_through`.
@@ -677,61 +726,23 @@ impl Checkpoint<'_> {
         Ok(())
     }
 
-    /// Remembers a transaction, indexed by event time for the dedupe window. Re-putting a record
-    /// (e.g. marking it reversed) rewrites the same index key: event time never changes.
+    /// Remembers a transaction. Compaction forgets it once its event time falls behind the dedupe
+    /// horizon (see [`PartitionStore::raise_dedupe_horizon`]).
     pub fn put_transaction(&mut self, account: &str, transaction_id: &str, record: &TransactionRecord) {
-        self.batch.put_cf(
-            self.store.cf(CF_TRANSACTIONS),
-            keys::transaction(account, transaction_id),
-            codec::encode_transaction(record),
-        );
-        self.batch.put_cf(
-            self.store.cf(CF_TXN_EXPIRY),
-            keys::expiry(record.event_time_micros, account, transaction_id),
-            [],
-        );
-    }
-
-    /// Forgets up to `limit` transactions whose event time is in `[floor_micros, cutoff_micros)`;
-    /// returns how many, and the floor for the next call. The caller keeps the floor: starting
-    /// the scan there skips the tombstones of everything already forgotten, which would otherwise
-    /// make every pass slower than the last until RocksDB compacts them away.
-    pub fn forget_transactions_before(
-        &mut self,
-        floor_micros: i64,
-        cutoff_micros: i64,
-        limit: usize,
-    ) -> Result<(usize, i64), StoreError> {
-        let store = self.store;
-        let mut read = ReadOptions::default();
-        read.set_iterate_lower_bound(keys::expiry_bound(floor_micros));
-        read.set_iterate_upper_bound(keys::expiry_bound(cutoff_micros));
-        let mut forgotten = 0;
-        let mut last_time = None;
-        for item in store.db.iterator_cf_opt(store.cf(CF_TXN_EXPIRY), read, IteratorMode::Start).take(limit) {
-            let (key, _) = item?;
-            if let Some(txn_key) = keys::transaction_key_of_expiry(&key) {
-                self.batch.delete_cf(store.cf(CF_TRANSACTIONS), txn_key);
-            }
-            last_time = keys::expiry_time(&key);
-            self.batch.delete_cf(store.cf(CF_TXN_EXPIRY), &key);
-            forgotten += 1;
-        }
-        // A full pass leaves nothing below the cutoff; a capped one resumes at the last time seen
-        // (keys of that same time may remain, so not past it).
-        let floor = if forgotten < limit { cutoff_micros } else { last_time.unwrap_or(floor_micros) };
-        Ok((forgotten, floor.max(floor_micros)))
+        keys::transaction_into(&mut self.key, account, transaction_id);
+        self.value.clear();
+        codec::encode_transaction_into(record, &mut self.value);
+        self.batch.put_cf(self.store.cf(CF_TRANSACTIONS), &self.key, &self.value);
     }
 
     /// Records what became of the input record at `entry.offset` in `account`'s history.
     /// `watermark_micros` stands in as the retention time of a record without an event time.
     pub fn put_history(&mut self, account: &str, entry: &HistoryEntry, watermark_micros: i64) {
         let retention = entry.event_time_micros.unwrap_or(watermark_micros);
-        self.batch.put_cf(
-            self.store.cf(CF_HISTORY),
-            keys::history(account, entry.offset),
-            codec::encode_history(entry, retention),
-        );
+        keys::history_into(&mut self.key, account, entry.offset);
+        self.value.clear();
+        codec::encode_history_into(entry, retention, &mut self.value);
+        self.batch.put_cf(self.store.cf(CF_HISTORY), &self.key, &self.value);
     }
 
     /// Writes everything plus the next offset and watermark in one batch, WAL synced before return.
@@ -868,6 +879,28 @@ mod tests {
     }
 
     #[test]
+    fn the_retired_expiry_index_is_dropped_and_its_transactions_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let path = env.partition_dir("transactions", 0);
+        {
+            // State as ledgerd 0.1 left it: the expiry index's column family beside the others.
+            let (store, _) = env.open_partition("transactions", 0).unwrap();
+            let mut cp = store.begin();
+            cp.put_transaction("a", "t1", &record(10));
+            cp.commit(1, 10).unwrap();
+            let mut db = store.db;
+            db.create_cf(RETIRED_CFS[0], &env.options()).unwrap();
+        }
+        assert!(DB::list_cf(&env.options(), &path).unwrap().iter().any(|cf| cf == RETIRED_CFS[0]));
+        let (store, aside) = env.open_partition("transactions", 0).unwrap();
+        assert!(aside.is_none(), "an older layout is migrated, not set aside");
+        assert_eq!(store.transaction("a", "t1").unwrap(), Some(record(10)));
+        drop(store);
+        assert!(!DB::list_cf(&env.options(), &path).unwrap().iter().any(|cf| cf == RETIRED_CFS[0]));
+    }
+
+    #[test]
     fn state_of_another_partition_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let env = env(dir.path());
@@ -910,7 +943,7 @@ mod tests {
     }
 
     #[test]
-    fn old_transactions_are_forgotten() {
+    fn compaction_forgets_transactions_behind_the_dedupe_horizon() {
         let dir = tempfile::tempdir().unwrap();
         let env = env(dir.path());
         let (store, _) = env.open_partition("transactions", 0).unwrap();
@@ -919,9 +952,13 @@ mod tests {
             cp.put_transaction("a", &format!("t{i}"), &record(*micros));
         }
         cp.commit(4, 20).unwrap();
-        let mut cp = store.begin();
-        assert_eq!(cp.forget_transactions_before(i64::MIN, 10, 100).unwrap(), (2, 10));
-        cp.commit(4, 20).unwrap();
+        store.db.flush_cf(store.cf(CF_TRANSACTIONS)).unwrap();
+        // Nothing is dropped before the horizon is raised.
+        store.db.compact_range_cf(store.cf(CF_TRANSACTIONS), None::<&[u8]>, None::<&[u8]>);
+        assert!(store.transaction("a", "t0").unwrap().is_some());
+        store.raise_dedupe_horizon(10);
+        store.raise_dedupe_horizon(3);
+        store.db.compact_range_cf(store.cf(CF_TRANSACTIONS), None::<&[u8]>, None::<&[u8]>);
         assert!(store.transaction("a", "t0").unwrap().is_none());
         assert!(store.transaction("a", "t1").unwrap().is_none());
         assert!(store.transaction("a", "t2").unwrap().is_some());
