@@ -134,6 +134,10 @@ impl StoreEnv {
                 );
             }
             if *name == CF_TRANSACTIONS {
+                // Most lookups are of new ids: a whole-key bloom filter answers them without
+                // walking the memtable's skip list.
+                cf_options.set_memtable_prefix_bloom_ratio(0.1);
+                cf_options.set_memtable_whole_key_filtering(true);
                 drop_below(&mut cf_options, "ledgerd_dedupe_window", &horizons.dedupe, codec::transaction_event_time);
             }
             ColumnFamilyDescriptor::new(*name, cf_options)
