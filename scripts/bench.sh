@@ -10,6 +10,7 @@
 # malformed or conflicting records (no dead-letter traffic, which a large tansu answers slowly).
 # BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
 # instead of the release build; the default is release. BENCH_KEEP=1 keeps the work directory.
+# BENCH_EXTRA_TOML is appended to ledgerd's generated config (tables after [log]).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -42,6 +43,8 @@ listen = "127.0.0.1:$HTTP_PORT"
 [log]
 filter = "warn"
 TOML
+# BENCH_EXTRA_TOML: more settings for ledgerd, e.g. a [kafka.properties] table to try a librdkafka knob.
+printf '%s\n' "${BENCH_EXTRA_TOML:-}" >>"$WORK/ledgerd.toml"
 echo "ledgerd catch-up ..."
 "$BIN/ledgerd" run --config "$WORK/ledgerd.toml" 2>"$WORK/ledgerd.log" &
 LEDGERD_PID=$!
