@@ -85,6 +85,10 @@ impl SnapshotSink for KafkaSink<'_> {
     }
 }
 
+/// Most kilobytes of snapshot records queued in the producer at once, raised to two records of
+/// `snapshot.max_record_size` if that is larger (a record bigger than the queue never fits).
+const SNAPSHOT_QUEUE_KBYTES: u64 = 16 << 10;
+
 pub struct SnapshotWriter {
     config: Arc<Config>,
     registry: Arc<PartitionRegistry>,
@@ -108,6 +112,7 @@ impl SnapshotWriter {
         context: KafkaContext,
     ) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
+        let queue_kbytes = SNAPSHOT_QUEUE_KBYTES.max(2 * (config.snapshot.max_record_size.0 + 4096) / 1024);
         let producer = client_config(&config.kafka)
             // Idempotence + acks=all: retries never duplicate or reorder a partition's records,
             // which the restore argument relies on (a round's marker follows its records).
@@ -120,6 +125,10 @@ impl SnapshotWriter {
             // its epoch, which brokers handle less well than a slow round.
             .set("message.timeout.ms", "60000")
             .set("message.max.bytes", (config.snapshot.max_record_size.0 + 4096).to_string())
+            // A round reads accounts from RocksDB far faster than the broker takes them: bound
+            // what waits in librdkafka's queue (its default is 1 GiB) so a round over a million
+            // accounts does not hold them all in memory; a full queue makes the round wait.
+            .set("queue.buffering.max.kbytes", queue_kbytes.to_string())
             .create_with_context(context)?;
         let abort_after = std::env::var(ABORT_AFTER_RECORDS_VAR).ok().and_then(|v| v.parse().ok());
         Ok(SnapshotWriter { config, registry, metrics, producer, abort_after: std::sync::Mutex::new(abort_after) })
