@@ -71,6 +71,8 @@ pub fn encode_transaction_into(record: &TransactionRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(reverses.as_bytes());
 }
 
+/// The encoding as a new buffer (tests; ledgerd encodes into a checkpoint's reused one).
+#[cfg(test)]
 pub fn encode_transaction(record: &TransactionRecord) -> Vec<u8> {
     let mut out = Vec::new();
     encode_transaction_into(record, &mut out);
@@ -172,6 +174,8 @@ pub fn encode_history_into(entry: &HistoryEntry, retention_micros: i64, out: &mu
     bytes_field(8, entry.reason.as_deref().unwrap_or_default().as_bytes(), out);
 }
 
+/// The encoding as a new buffer (tests; ledgerd encodes into a checkpoint's reused one).
+#[cfg(test)]
 pub fn encode_history(entry: &HistoryEntry, retention_micros: i64) -> Vec<u8> {
     let mut out = Vec::new();
     encode_history_into(entry, retention_micros, &mut out);

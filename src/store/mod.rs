@@ -126,10 +126,11 @@ impl StoreEnv {
         let cfs = keys::ALL_CFS.iter().chain(&retired).map(|name| {
             let mut cf_options = options.clone();
             if *name == CF_HISTORY {
+                let horizon = Arc::clone(&horizons.history);
                 drop_below(
                     &mut cf_options,
                     "ledgerd_history_retention",
-                    &horizons.history,
+                    move || horizon.load(Ordering::Relaxed),
                     codec::history_retention_micros,
                 );
             }
@@ -138,7 +139,9 @@ impl StoreEnv {
                 // walking the memtable's skip list.
                 cf_options.set_memtable_prefix_bloom_ratio(0.1);
                 cf_options.set_memtable_whole_key_filtering(true);
-                drop_below(&mut cf_options, "ledgerd_dedupe_window", &horizons.dedupe, codec::transaction_event_time);
+                let (horizon, held) = (Arc::clone(&horizons.dedupe), Arc::clone(&horizons.dedupe_held));
+                let below = move || horizon.load(Ordering::Relaxed).min(held.load(Ordering::Relaxed));
+                drop_below(&mut cf_options, "ledgerd_dedupe_window", below, codec::transaction_event_time);
             }
             ColumnFamilyDescriptor::new(*name, cf_options)
         });
@@ -219,17 +222,22 @@ impl StoreEnv {
 
     fn store(&self, db: DB, path: PathBuf, identity: &str, horizons: Horizons) -> Result<PartitionStore, StoreError> {
         let store = PartitionStore::new(db, path, identity, horizons, self.history_retention_micros)?;
-        store.history_horizon.store(store.retention_horizon(store.watermark_micros), Ordering::Relaxed);
+        store.horizons.history.store(store.retention_horizon(store.watermark_micros), Ordering::Relaxed);
         Ok(store)
     }
 }
 
 /// Makes compaction drop the values whose time (read by `time_of`, without decoding them) is below
-/// `horizon`. Undecodable values are kept.
-fn drop_below(options: &mut Options, name: &str, horizon: &Arc<AtomicI64>, time_of: fn(&[u8]) -> Option<i64>) {
-    let horizon = Arc::clone(horizon);
+/// `horizon()`. Undecodable values are kept. RocksDB applies compaction filters to values that
+/// open snapshots still see, so a reader of an older view must hold its horizon back meanwhile.
+fn drop_below(
+    options: &mut Options,
+    name: &str,
+    horizon: impl Fn() -> i64 + Send + 'static,
+    time_of: fn(&[u8]) -> Option<i64>,
+) {
     options.set_compaction_filter(name, move |_level: u32, _key: &[u8], value: &[u8]| match time_of(value) {
-        Some(time) if time < horizon.load(Ordering::Relaxed) => CompactionDecision::Remove,
+        Some(time) if time < horizon() => CompactionDecision::Remove,
         _ => CompactionDecision::Keep,
     });
 }
@@ -241,11 +249,36 @@ struct Horizons {
     history: Arc<AtomicI64>,
     /// Transactions with an older event time (`dedupe.window` behind the checkpointed watermark).
     dedupe: Arc<AtomicI64>,
+    /// While a snapshot scan runs, the dedupe horizon as of its view (`i64::MAX` otherwise):
+    /// compaction keeps what the scan's window still needs however far `dedupe` moves meanwhile.
+    dedupe_held: Arc<AtomicI64>,
 }
 
 impl Default for Horizons {
     fn default() -> Self {
-        Horizons { history: Arc::new(AtomicI64::new(i64::MIN)), dedupe: Arc::new(AtomicI64::new(i64::MIN)) }
+        let starting = || Arc::new(AtomicI64::new(i64::MIN));
+        Horizons { history: starting(), dedupe: starting(), dedupe_held: Arc::new(AtomicI64::new(i64::MAX)) }
+    }
+}
+
+/// Holds compaction's dedupe horizon where it is until dropped (see [`Horizons::dedupe_held`]).
+struct DedupeHold<'a> {
+    held: &'a AtomicI64,
+    previous: i64,
+}
+
+impl<'a> DedupeHold<'a> {
+    fn new(horizons: &'a Horizons) -> Self {
+        // Taken before the scan's view: compaction so far dropped only what the checkpoint the
+        // view will read no longer remembers (the horizon rises only after a checkpoint commits).
+        let previous = horizons.dedupe_held.swap(horizons.dedupe.load(Ordering::Relaxed), Ordering::Relaxed);
+        DedupeHold { held: &horizons.dedupe_held, previous }
+    }
+}
+
+impl Drop for DedupeHold<'_> {
+    fn drop(&mut self) {
+        self.held.store(self.previous, Ordering::Relaxed);
     }
 }
 
@@ -306,13 +339,9 @@ pub struct PartitionStore {
     path: PathBuf,
     next_offset: Option<i64>,
     watermark_micros: i64,
-    /// History entries with an older retention time may be dropped by compaction (shared with
-    /// the compaction filter).
-    history_horizon: Arc<AtomicI64>,
+    /// What compaction may drop (shared with the compaction filters).
+    horizons: Horizons,
     history_retention_micros: i64,
-    /// Transactions with an older event time may be dropped by compaction (see
-    /// [`PartitionStore::raise_dedupe_horizon`]).
-    dedupe_horizon: Arc<AtomicI64>,
 }
 
 /// An account as of the last checkpoint, read from one consistent view.
@@ -362,22 +391,14 @@ impl PartitionStore {
             let floor = if next_offset.is_some() { watermark_micros } else { i64::MIN };
             db.put_cf_opt(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(floor), &synced())?;
         }
-        Ok(PartitionStore {
-            db,
-            path,
-            next_offset,
-            watermark_micros,
-            history_horizon: horizons.history,
-            history_retention_micros,
-            dedupe_horizon: horizons.dedupe,
-        })
+        Ok(PartitionStore { db, path, next_offset, watermark_micros, horizons, history_retention_micros })
     }
 
     /// Lets compaction forget transactions with an event time below `micros`. The caller (the
     /// partition, which owns the dedupe window) no longer reads such transactions: it treats any
     /// it finds as forgotten, so which ones compaction has dropped yet never changes an outcome.
     pub fn raise_dedupe_horizon(&self, micros: i64) {
-        self.dedupe_horizon.fetch_max(micros, Ordering::Relaxed);
+        self.horizons.dedupe.fetch_max(micros, Ordering::Relaxed);
     }
 
     /// The retention horizon for a partition whose newest event time is `watermark_micros`.
@@ -453,7 +474,7 @@ impl PartitionStore {
             Some(offset) => keys::history(account, offset.max(0)),
             None => prefix_end(&prefix),
         });
-        let horizon = self.history_horizon.load(Ordering::Relaxed);
+        let horizon = self.horizons.history.load(Ordering::Relaxed);
         let mut entries = Vec::new();
         let mut more = false;
         for item in view.iterator_cf_opt(self.cf(CF_HISTORY), read, IteratorMode::End) {
@@ -619,6 +640,7 @@ impl PartitionStore {
         dedupe_window_micros: i64,
         mut visit: impl FnMut(&ScanPoint, AccountImage) -> ControlFlow<()>,
     ) -> Result<Option<ScanPoint>, StoreError> {
+        let _hold = DedupeHold::new(&self.horizons);
         let view = self.db.snapshot();
         let meta = self.cf(CF_META);
         let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
@@ -775,7 +797,7 @@ impl Checkpoint<'_> {
             self.batch.put_cf(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(wanted));
         }
         store.db.write_opt(self.batch, &synced())?;
-        store.history_horizon.fetch_max(horizon, Ordering::Relaxed);
+        store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -967,5 +989,32 @@ mod tests {
         assert!(store.transaction("a", "t1").unwrap().is_none());
         assert!(store.transaction("a", "t2").unwrap().is_some());
         assert!(store.transaction("a", "t3").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_snapshot_scan_keeps_the_ids_of_its_window_while_the_horizon_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let mut cp = store.begin();
+        for account in ["a", "b"] {
+            cp.put_balance(account, usd(), Amount::parse("1.00").unwrap(), 1);
+            cp.put_transaction(account, "t", &record(5));
+        }
+        cp.commit(2, 5).unwrap();
+        store.db.flush_cf(store.cf(CF_TRANSACTIONS)).unwrap();
+        let mut seen = Vec::new();
+        store
+            .scan_changed_accounts(None, 10, |_, image| {
+                seen.push((image.account.clone(), image.transactions.len()));
+                // Meanwhile the partition checkpoints far ahead and compaction runs.
+                store.raise_dedupe_horizon(100);
+                store.db.compact_range_cf(store.cf(CF_TRANSACTIONS), None::<&[u8]>, None::<&[u8]>);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(seen, vec![("a".to_owned(), 1), ("b".to_owned(), 1)], "the scan's window is its checkpoint's");
+        store.db.compact_range_cf(store.cf(CF_TRANSACTIONS), None::<&[u8]>, None::<&[u8]>);
+        assert!(store.transaction("b", "t").unwrap().is_none(), "after the scan, compaction forgets them");
     }
 }
