@@ -77,13 +77,14 @@ PIDS+=("$(json "$WORK/recovery.json" pid)")
 "$BIN/ledgerd-bench" verify --url "$URL" --expected "$WORK/expected.json" >"$WORK/verify.json"
 MAX_RECORDS="$(awk -F' *= *' '/^max_records/ {print $2}' config/ledgerd.toml)"
 
-python3 - "$WORK" "$PROFILE" "$MAX_RECORDS" <<'PY'
+python3 - "$WORK" "$PROFILE" "$MAX_RECORDS" "${RESTART_GROUP:-new} group, ${RESTART_MEMBER:-static} member" <<'PY'
 import json, sys
-work, profile, max_records = sys.argv[1], sys.argv[2], int(sys.argv[3])
+work, profile, max_records, restart = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 produce, r, verify = load("produce"), load("recovery"), load("verify")
 print()
 print(f"build profile: {profile}")
+print(f"restarted into: {restart}")
 print(f"records: {produce['produced']} over {produce['accounts']} accounts, 6 partitions")
 print("| measure | value |")
 print("|---|---|")

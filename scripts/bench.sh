@@ -11,8 +11,8 @@
 # BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
 # instead of the release build; the default is release. BENCH_KEEP=1 keeps the work directory.
 # BENCH_EXTRA_TOML is appended to ledgerd's generated config (tables after [log]).
-# SNAPSHOT_INTERVAL (default 60s, ledgerd's default) sets ledgerd's snapshot.interval, e.g. 1h to
-# measure a catch-up without snapshot rounds.
+# SNAPSHOT_INTERVAL sets ledgerd's snapshot.interval (unset: ledgerd's default), e.g. 1h to measure
+# a catch-up without snapshot rounds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,7 +38,7 @@ input_topic = "$TOPIC"
 dlq_topic = "$TOPIC-dlq"
 [snapshot]
 topic = "$TOPIC-snapshots"
-interval = "${SNAPSHOT_INTERVAL:-60s}"
+${SNAPSHOT_INTERVAL:+interval = \"$SNAPSHOT_INTERVAL\"}
 [state]
 dir = "$WORK/state"
 [http]
