@@ -59,7 +59,7 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         registry,
         shutdown.clone(),
         prepared_tx,
-    ));
+    )?);
     let mut client = group_client_config(&config.kafka);
     client
         .set("group.id", &config.kafka.group_id)

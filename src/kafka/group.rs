@@ -10,6 +10,7 @@
 //! States of an assigned partition: `Preparing` (in `pending`) → `Consuming` (in `owned`) →
 //! released (in `released`, its local state deleted after `state.release_grace` unless it returns).
 
+use super::committed::CommittedOffsets;
 use super::dead_letter::{DeadLetterProducer, PendingLetter};
 use super::prepare::{self, Prepared};
 use super::KafkaContext;
@@ -72,6 +73,8 @@ pub(super) struct Shared {
     pub dead_letters: DeadLetterProducer,
     pub registry: Arc<PartitionRegistry>,
     pub shutdown: CancellationToken,
+    /// The group's committed offsets, for every partition's preparation.
+    pub committed: Arc<CommittedOffsets>,
     /// Locked by the poll loop per record and by callbacks inside `poll()`; both on the same
     /// thread, never across a `poll()`, so it is never contended.
     owned: Mutex<BTreeMap<i32, Owned>>,
@@ -94,25 +97,31 @@ impl Shared {
         registry: Arc<PartitionRegistry>,
         shutdown: CancellationToken,
         prepared: Sender<Prepared>,
-    ) -> Shared {
+    ) -> Result<Shared, KafkaError> {
+        let local = env.local_partitions(&config.kafka.input_topic);
+        let committed = Arc::new(CommittedOffsets::new(&config, KafkaContext { metrics: metrics.clone() })?);
+        // Connects while the group join is in flight: a restarted instance then checks its
+        // partitions' state against the group without a client's start-up in between.
+        committed.warm_up(local.clone());
         // State left from earlier runs counts as released now: deleted after the grace period
         // unless its partition is assigned here again.
         let now = Instant::now();
-        let released = env.local_partitions(&config.kafka.input_topic).into_iter().map(|p| (p, now)).collect();
-        Shared {
+        let released = local.into_iter().map(|p| (p, now)).collect();
+        Ok(Shared {
             config,
             env,
             metrics,
             dead_letters,
             registry,
             shutdown,
+            committed,
             owned: Mutex::default(),
             pending: Mutex::default(),
             generation: AtomicU64::new(0),
             prepared: Mutex::new(prepared),
             released: Mutex::new(released),
             fatal: Mutex::default(),
-        }
+        })
     }
 
     pub fn owned(&self) -> MutexGuard<'_, BTreeMap<i32, Owned>> {

@@ -1,7 +1,9 @@
 //! Everything that talks to Kafka for the input: client settings, topic setup, the dead-letter
 //! producer, and the consumer-group thread that owns partitions and drives them (`group` bridges
-//! rebalances, `prepare` readies an assigned partition's state). Snapshot I/O lives in `snapshot`.
+//! rebalances, `prepare` readies an assigned partition's state, `committed` reads the group's
+//! offsets for it). Snapshot I/O lives in `snapshot`.
 
+mod committed;
 pub mod consumer;
 pub mod dead_letter;
 mod group;
@@ -24,6 +26,18 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     for (key, value) in &config.properties {
         client.set(key, value);
     }
+    client
+}
+
+/// [`client_config`] for a consumer that reads without being a group member: it carries the
+/// group's id (librdkafka needs one for `assign()` and to look up the group's committed offsets)
+/// but never subscribes, so it never joins the group, and it never commits or stores offsets.
+pub fn non_member_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
     client
 }
 

@@ -60,12 +60,12 @@ fn prepare(
     partition: i32,
     cancel: &CancellationToken,
 ) -> Result<(PartitionState, &'static str), PrepareError> {
+    let opening = Instant::now();
     let store = open(shared, partition, cancel)?;
     let local = store.stored_next_offset();
-    let reader = SnapshotReader::new(&shared.config, KafkaContext { metrics: shared.metrics.clone() })
-        .map_err(|e| PrepareError::Fatal(format!("cannot create the snapshot reader: {e}")))?;
+    tracing::debug!(partition, local, seconds = opening.elapsed().as_secs_f64(), "local state opened");
     if let Some(local) = local {
-        match reader.committed(partition, COMMITTED_TIMEOUT) {
+        match shared.committed.lookup(partition, COMMITTED_TIMEOUT) {
             Ok(Some(committed)) if committed > local => {
                 tracing::info!(partition, local, committed, "local state is behind the group; checking the snapshot");
             }
@@ -81,6 +81,8 @@ fn prepare(
         }
     }
 
+    let reader = SnapshotReader::new(&shared.config, KafkaContext { metrics: shared.metrics.clone() })
+        .map_err(|e| PrepareError::Fatal(format!("cannot create the snapshot reader: {e}")))?;
     let outcome = read_snapshot(shared, &reader, partition, cancel)?;
     drop(reader);
     let plan = match outcome.plan {

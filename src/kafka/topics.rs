@@ -123,9 +123,19 @@ impl TopicAdmin {
     /// exists with the right layout.
     pub async fn ensure(self: &Arc<Self>) -> Result<TopicLayout, TopicError> {
         let input = self.config.input_topic.clone();
-        let input_partitions = self.blocking_count(&input).await?.ok_or(TopicError::InputMissing(input))?;
         let dlq = self.config.dlq_topic.clone();
-        let dlq_partitions = match self.blocking_count(&dlq).await? {
+        let routing = self.routing_topic.clone();
+        let snapshot = self.snapshot_topic.clone();
+        // The four lookups at once, not one after another: one after another they were most of a
+        // restarted instance's time before it joined the group (docs/BENCHMARKS.md, recovery).
+        let (input_count, dlq_count, routing_count, snapshot_count) = tokio::join!(
+            self.blocking_count(&input),
+            self.blocking_count(&dlq),
+            self.blocking_count(&routing),
+            self.blocking_count(&snapshot)
+        );
+        let input_partitions = input_count?.ok_or(TopicError::InputMissing(input))?;
+        let dlq_partitions = match dlq_count? {
             Some(n) => n,
             None => {
                 self.create(&dlq, input_partitions, &[]).await?;
@@ -138,13 +148,11 @@ impl TopicAdmin {
                 "dead-letter topic has a different partition count; copies are spread by key instead of by source partition"
             );
         }
-        let routing = self.routing_topic.clone();
-        if self.blocking_count(&routing).await?.is_none() {
+        if routing_count?.is_none() {
             // One partition: every instance reads all announcements.
             self.create(&routing, 1, ROUTING_TOPIC_SETTINGS).await?;
         }
-        let snapshot = self.snapshot_topic.clone();
-        match self.blocking_count(&snapshot).await? {
+        match snapshot_count? {
             None => self.create(&snapshot, input_partitions, SNAPSHOT_TOPIC_SETTINGS).await?,
             Some(n) if n != input_partitions => {
                 return Err(TopicError::Misconfigured(format!(

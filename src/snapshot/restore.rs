@@ -6,7 +6,7 @@
 use super::codec;
 use super::round::{ForeignSnapshot, RestoreCollector, RestorePlan};
 use crate::config::Config;
-use crate::kafka::{client_config, KafkaContext};
+use crate::kafka::{non_member_client_config, KafkaContext};
 use crate::metrics::{ErrorKind, RestoreMetrics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -37,8 +37,7 @@ impl RestoreError {
     }
 }
 
-/// Reads snapshot partitions and looks up the group's committed input offsets. It never joins the
-/// group and never commits.
+/// Reads snapshot partitions. It never joins the group and never commits.
 pub struct SnapshotReader {
     consumer: BaseConsumer<KafkaContext>,
     snapshot_topic: String,
@@ -54,12 +53,7 @@ pub struct ReadOutcome {
 
 impl SnapshotReader {
     pub fn new(config: &Config, context: KafkaContext) -> Result<SnapshotReader, KafkaError> {
-        let consumer = client_config(&config.kafka)
-            // The group id is needed to look up committed offsets; this consumer never subscribes,
-            // so it never joins the group.
-            .set("group.id", &config.kafka.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+        let consumer = non_member_client_config(&config.kafka)
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("fetch.max.bytes", "52428800")
@@ -70,17 +64,6 @@ impl SnapshotReader {
             snapshot_topic: config.snapshot.topic.clone(),
             input_topic: config.kafka.input_topic.clone(),
         })
-    }
-
-    /// The group's committed input offset for `partition` (`None` when there is none).
-    pub fn committed(&self, partition: i32, timeout: Duration) -> Result<Option<i64>, KafkaError> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.input_topic, partition);
-        let committed = self.consumer.committed_offsets(list, timeout)?;
-        Ok(committed.find_partition(&self.input_topic, partition).and_then(|e| match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        }))
     }
 
     /// Reads snapshot partition `partition` from its beginning to its end.
