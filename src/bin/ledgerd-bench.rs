@@ -175,7 +175,7 @@ fn main() -> anyhow::Result<()> {
             dedupe_window_secs,
             expected,
         } => {
-            let recent_events = recent_events(dedupe_window_secs, seconds_per_event);
+            let recent_events = loadgen::recent_events(dedupe_window_secs, seconds_per_event);
             let shape = Shape {
                 events,
                 accounts,
@@ -192,7 +192,7 @@ fn main() -> anyhow::Result<()> {
         Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
         Command::Engine { events, accounts, checkpoint_every, passes, dir } => {
-            let recent_events = recent_events(ENGINE_DEDUPE_WINDOW.as_secs(), 1);
+            let recent_events = loadgen::recent_events(ledgerd::loadgen::engine::DEDUPE_WINDOW.as_secs(), 1);
             engine(&Shape { events, accounts, recent_events, ..Shape::default() }, checkpoint_every, passes, &dir)
         }
         Command::Targets { url, instance, expected, local, forwarded } => {
@@ -205,16 +205,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
-
-/// Events whose transaction ids the generator's duplicates and reversals may target: those within
-/// half the dedupe window (older ids are forgotten by design, and a re-delivery of one would be
-/// applied again, which the expectation does not model).
-fn recent_events(dedupe_window_secs: u64, seconds_per_event: u32) -> usize {
-    usize::try_from(dedupe_window_secs / 2 / u64::from(seconds_per_event.max(1))).unwrap_or(usize::MAX)
-}
-
-/// The dedupe window of the engine benchmark's partition (ledgerd's default).
-const ENGINE_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 fn produce(target: &TopicArgs, seed: u64, shape: &Shape, expected: &PathBuf) -> anyhow::Result<()> {
     let (brokers, topic, partitions) = (target.brokers.as_str(), target.topic.as_str(), target.partitions);
@@ -422,10 +412,8 @@ fn targets(url: &str, instance: &str, expected: &PathBuf, local: &PathBuf, forwa
 /// every pass does the same work (a second pass over the same records would only find
 /// duplicates). After the last pass every balance is compared with the generator's expectation.
 fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::Path) -> anyhow::Result<()> {
-    use ledgerd::config::StateConfig;
     use ledgerd::input::{self, InputFormat};
-    use ledgerd::partition::PartitionState;
-    use ledgerd::store::StoreEnv;
+    use ledgerd::loadgen::engine::Engine;
 
     let work = loadgen::generate(7, shape);
     let metrics = ledgerd::metrics::Metrics::new();
@@ -447,37 +435,15 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
 
         let state_dir = dir.join(format!("pass-{}-{pass}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
-        let env = StoreEnv::new(&StateConfig { dir: state_dir.clone(), ..StateConfig::default() })?;
-        let (store, _) = env.open_partition("bench", 0)?;
-        let store = std::sync::Arc::new(store);
-        let mut state =
-            PartitionState::new(0, std::sync::Arc::clone(&store), 0, ENGINE_DEDUPE_WINDOW, metrics.for_partition(0))?;
+        let mut engine = Engine::open(&state_dir, &metrics)?;
         let started = Instant::now();
-        for (offset, record) in work.records.iter().enumerate() {
-            let key = Some(record.key.as_bytes());
-            let decoded = input::decode(InputFormat::Json, key, Some(record.value.as_bytes()), None);
-            state.process(offset as i64, key, &decoded)?;
-            if state.reached_max_records(checkpoint_every) {
-                state.seal();
-                state.commit_sealed()?;
-            }
-        }
-        state.seal();
-        state.commit_sealed()?;
+        engine.run(&work.records, checkpoint_every)?;
         pass_seconds.push(started.elapsed().as_secs_f64());
-
         if pass + 1 == passes {
-            let usd = ledgerd::ledger::Currency::parse("USD").ok_or_else(|| anyhow::anyhow!("USD is a currency"))?;
-            let mut wrong = 0;
-            for (account, cents) in &work.expected {
-                let expected = ledgerd::ledger::Amount::parse(&loadgen::cents_to_string(*cents)).ok();
-                wrong += usize::from(store.balance(account, usd)? != expected);
-            }
+            let wrong = engine.wrong_balances(&work.expected)?;
             anyhow::ensure!(wrong == 0, "{wrong} of {} balances wrong", work.expected.len());
         }
-        drop(state);
-        drop(store);
-        drop(env);
+        drop(engine);
         std::fs::remove_dir_all(&state_dir)?;
     }
     let median = |v: &mut Vec<f64>| {

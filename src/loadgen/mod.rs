@@ -1,11 +1,14 @@
 //! Load generation: seed-shaped JSON events with a fixed random seed, optional duplicate, malformed,
 //! conflicting and reversal rates, and the expected balances computed independently of the reducer
-//! (plain integer cents), so any run can be verified.
+//! (plain integer cents), so any run can be verified. `engine` feeds a workload from memory
+//! through one partition's engine, for the benchmarks of the engine alone.
+
+pub mod engine;
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 
-/// A generated stream and what it must produce.
 /// One generated record: key (the account id) and JSON value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fixture {
@@ -197,6 +200,13 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
 }
 
 /// Formats cents as a decimal string with two places (for expectation files and messages).
+/// The [`Shape::recent_events`] for a dedupe window: the events within half of it (older ids are
+/// forgotten by design, and a re-delivery of one would be applied again, which the expectation
+/// does not model).
+pub fn recent_events(dedupe_window_secs: u64, seconds_per_event: u32) -> usize {
+    usize::try_from(dedupe_window_secs / 2 / u64::from(seconds_per_event.max(1))).unwrap_or(usize::MAX)
+}
+
 pub fn cents_to_string(cents: i128) -> String {
     format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
 }
