@@ -5,6 +5,7 @@
 
 use super::{non_member_client_config, KafkaContext};
 use crate::config::Config;
+use crate::metrics::{ErrorKind, Metrics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -27,13 +28,17 @@ impl CommittedOffsets {
         Ok(CommittedOffsets { consumer, input_topic: config.kafka.input_topic.clone() })
     }
 
+    fn metrics(&self) -> &Metrics {
+        &self.consumer.context().metrics
+    }
+
     /// The group's committed input offset for `partition` (`None` when there is none).
     pub fn lookup(&self, partition: i32, timeout: Duration) -> Result<Option<i64>, KafkaError> {
         // The client never consumes: take whatever librdkafka queued for it (error events of a
         // broker connection), so nothing piles up over a long run.
         while let Some(event) = self.consumer.poll(Duration::ZERO) {
             if let Err(e) = event {
-                tracing::debug!(error = %e, "committed-offset client event");
+                self.metrics().handled_error(ErrorKind::KafkaClient, &format_args!("committed-offset client: {e}"));
             }
         }
         let mut list = TopicPartitionList::new();
@@ -60,13 +65,18 @@ impl CommittedOffsets {
                 list.add_partition(&client.input_topic, partition);
             }
             if let Err(e) = client.consumer.committed_offsets(list, WARM_UP_TIMEOUT) {
-                // Not an error to act on: each assigned partition looks its offset up again, and
-                // that lookup's failure is logged and counted there.
-                tracing::debug!(error = %e, "warming up the committed-offset client");
+                // Nothing to retry here: each assigned partition looks its offset up again.
+                client.metrics().handled_error(
+                    ErrorKind::KafkaClient,
+                    &format_args!("warming up the committed-offset client: {e}"),
+                );
             }
         });
         if let Err(e) = spawned {
-            tracing::debug!(error = %e, "cannot start warming up the committed-offset client");
+            self.metrics().handled_error(
+                ErrorKind::KafkaClient,
+                &format_args!("cannot start warming up the committed-offset client: {e}"),
+            );
         }
     }
 }

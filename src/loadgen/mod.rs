@@ -199,7 +199,6 @@ pub fn generate(seed: u64, shape: &Shape) -> Workload {
     Workload { records, expected, dead_letters, duplicates, applied, applied_events }
 }
 
-/// Formats cents as a decimal string with two places (for expectation files and messages).
 /// The [`Shape::recent_events`] for a dedupe window: the events within half of it (older ids are
 /// forgotten by design, and a re-delivery of one would be applied again, which the expectation
 /// does not model).
@@ -207,6 +206,7 @@ pub fn recent_events(dedupe_window_secs: u64, seconds_per_event: u32) -> usize {
     usize::try_from(dedupe_window_secs / 2 / u64::from(seconds_per_event.max(1))).unwrap_or(usize::MAX)
 }
 
+/// Formats cents as a decimal string with two places (for expectation files and messages).
 pub fn cents_to_string(cents: i128) -> String {
     format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
 }
