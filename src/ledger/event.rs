@@ -2,7 +2,7 @@
 
 use super::money::Amount;
 use super::reject::{RejectReason, Rejection};
-use chrono::{DateTime, NaiveDateTime};
+use super::timestamp::parse_timestamp_micros;
 use std::fmt;
 
 /// Longest account or transaction id accepted (bytes). Ids are keys in state; bound their size.
@@ -143,14 +143,6 @@ fn id<'a>(value: Option<&'a str>, field: &str) -> Result<&'a str, Rejection> {
     Ok(v)
 }
 
-/// Parses RFC 3339, or naive ISO-8601 (`2024-03-11T15:57:09[.ffffff]`, read as UTC).
-pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.timestamp_micros());
-    }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_micros())
-}
-
 impl TransactionEvent {
     /// Validates raw fields. `record_key` is the Kafka record key: when the body has no
     /// `account_id` the key names the account; when both are present they must agree, because the
@@ -243,16 +235,6 @@ mod tests {
             Effect::Movement { delta: Amount::parse("-1299.00").unwrap(), currency: Currency::parse("USD").unwrap() }
         );
         assert_eq!(event.event_time_micros, 1_710_172_629_000_000);
-    }
-
-    #[test]
-    fn timestamps_naive_and_rfc3339_agree() {
-        assert_eq!(parse_timestamp_micros("2024-03-11T15:57:09"), parse_timestamp_micros("2024-03-11T15:57:09Z"));
-        assert_eq!(
-            parse_timestamp_micros("2024-03-11T17:57:09.5+02:00"),
-            parse_timestamp_micros("2024-03-11T15:57:09.500")
-        );
-        assert_eq!(parse_timestamp_micros("yesterday"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod history;
 pub mod money;
 pub mod reducer;
 pub mod reject;
+pub mod timestamp;
 
 pub use event::{Currency, Effect, EventKind, RawEvent, TransactionEvent};
 pub use history::{HistoryEntry, HistoryOutcome};
