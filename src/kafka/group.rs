@@ -219,6 +219,8 @@ impl Shared {
     /// ([`Shared::start_consuming`]); until then `/readyz` reports not ready.
     fn on_assign(self: &Arc<Self>, consumer: &BaseConsumer<GroupContext>, list: &TopicPartitionList) {
         let topic = &self.config.kafka.input_topic;
+        let local = self.env.local_partitions(topic);
+        let mut look_up = Vec::new();
         let mut pending = self.pending();
         for element in list.elements_for_topic(topic) {
             let partition = element.partition();
@@ -229,6 +231,10 @@ impl Shared {
                 previous.cancel.cancel();
             }
             self.registry.mark_preparing(partition);
+            if local.contains(&partition) {
+                // Only preparing local state compares it with the group's committed offset.
+                look_up.push((partition, generation));
+            }
             tracing::info!(partition, "partition assigned; preparing its state");
             let shared = Arc::clone(self);
             let spawned = std::thread::Builder::new()
@@ -240,6 +246,7 @@ impl Shared {
         }
         self.metrics.restoring_partitions.set(pending.len() as i64);
         drop(pending);
+        self.committed.look_up_ahead(look_up, prepare::COMMITTED_TIMEOUT);
         self.metrics.rebalance("assign");
         // Completes librdkafka's side of the rebalance; partitions are added as they become ready.
         if let Err(e) = consumer.incremental_assign(&TopicPartitionList::new()) {

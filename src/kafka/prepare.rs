@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often a failing state open is retried before the instance gives up (and exits non-zero).
 const OPEN_ATTEMPTS: u32 = 6;
-const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long preparing a partition waits for the group's committed offset.
+pub(super) const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A partition whose state is ready; the consumer thread assigns it for consumption.
 pub(super) struct Prepared {
@@ -45,7 +46,7 @@ pub(super) enum PrepareError {
 pub(super) fn run(shared: Arc<Shared>, partition: i32, generation: u64, cancel: CancellationToken) {
     let _span = tracing::info_span!("partition", partition).entered();
     let started = Instant::now();
-    match prepare(&shared, partition, &cancel) {
+    match prepare(&shared, partition, generation, &cancel) {
         Ok((state, source)) => {
             tracing::info!(partition, source, seconds = started.elapsed().as_secs_f64(), "partition prepared");
             shared.send_prepared(Prepared { partition, generation, state, source });
@@ -58,6 +59,7 @@ pub(super) fn run(shared: Arc<Shared>, partition: i32, generation: u64, cancel: 
 fn prepare(
     shared: &Shared,
     partition: i32,
+    generation: u64,
     cancel: &CancellationToken,
 ) -> Result<(PartitionState, &'static str), PrepareError> {
     let opening = Instant::now();
@@ -65,7 +67,7 @@ fn prepare(
     let local = store.stored_next_offset();
     tracing::debug!(partition, local, seconds = opening.elapsed().as_secs_f64(), "local state opened");
     if let Some(local) = local {
-        match shared.committed.lookup(partition, COMMITTED_TIMEOUT) {
+        match shared.committed.lookup(partition, generation, COMMITTED_TIMEOUT) {
             Ok(Some(committed)) if committed > local => {
                 tracing::info!(partition, local, committed, "local state is behind the group; checking the snapshot");
             }
