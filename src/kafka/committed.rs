@@ -83,13 +83,15 @@ impl CommittedOffsets {
     }
 
     /// The group's committed input offset for the assignment `generation` of `partition` (`None`
-    /// when there is none): the answer asked for at assignment if there is one (waiting for it up
-    /// to `timeout`), else a request of its own.
+    /// when there is none): the answer asked for at assignment if there is one, else a request
+    /// of its own; both within `timeout` together.
     pub fn lookup(&self, partition: i32, generation: u64, timeout: Duration) -> Result<Option<i64>, KafkaError> {
-        if let Some(offset) = self.take_ahead(partition, generation, timeout) {
+        let deadline = Instant::now() + timeout;
+        if let Some(offset) = self.take_ahead(partition, generation, deadline) {
             return Ok(offset);
         }
-        Ok(self.request(&[partition], timeout)?.remove(&partition).flatten())
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok(self.request(&[partition], left)?.remove(&partition).flatten())
     }
 
     /// Asks, in one request on a thread of its own, for the committed offsets of the partitions
@@ -141,10 +143,9 @@ impl CommittedOffsets {
         self.answered.notify_all();
     }
 
-    /// The answer asked for at assignment `generation` of `partition`, waiting up to `timeout`;
+    /// The answer asked for at assignment `generation` of `partition`, waiting until `deadline`;
     /// `None` when there is none for this assignment or it did not come in time.
-    fn take_ahead(&self, partition: i32, generation: u64, timeout: Duration) -> Option<Option<i64>> {
-        let deadline = Instant::now() + timeout;
+    fn take_ahead(&self, partition: i32, generation: u64, deadline: Instant) -> Option<Option<i64>> {
         let mut ahead = self.ahead();
         loop {
             match ahead.get(&partition) {
@@ -213,11 +214,11 @@ mod tests {
         ask(&client, 0, 7);
         ask(&client, 1, 7);
         let taker = Arc::clone(&client);
-        let taken = std::thread::spawn(move || taker.take_ahead(0, 7, Duration::from_secs(30)));
+        let taken = std::thread::spawn(move || taker.take_ahead(0, 7, Instant::now() + Duration::from_secs(30)));
         client.settle(&[(0, 7), (1, 7)], Some(BTreeMap::from([(0, Some(42)), (1, None)])));
         assert_eq!(taken.join().unwrap(), Some(Some(42)));
-        assert_eq!(client.take_ahead(0, 7, Duration::ZERO), None, "taken once: a second look-up asks anew");
-        assert_eq!(client.take_ahead(1, 7, Duration::ZERO), Some(None), "no committed offset is an answer too");
+        assert_eq!(client.take_ahead(0, 7, Instant::now()), None, "taken once: a second look-up asks anew");
+        assert_eq!(client.take_ahead(1, 7, Instant::now()), Some(None), "no committed offset is an answer too");
     }
 
     #[test]
@@ -225,13 +226,13 @@ mod tests {
         let client = client();
         ask(&client, 0, 7);
         client.settle(&[(0, 7)], Some(BTreeMap::from([(0, Some(42))])));
-        assert_eq!(client.take_ahead(0, 8, Duration::ZERO), None, "a later assignment does not take an older answer");
+        assert_eq!(client.take_ahead(0, 8, Instant::now()), None, "a later assignment does not take an older answer");
         // Asked again for a newer assignment before the older request was answered.
         ask(&client, 0, 9);
         client.settle(&[(0, 7)], Some(BTreeMap::from([(0, Some(42))])));
-        assert_eq!(client.take_ahead(0, 9, Duration::ZERO), None, "still waiting for its own answer");
+        assert_eq!(client.take_ahead(0, 9, Instant::now()), None, "still waiting for its own answer");
         client.settle(&[(0, 9)], Some(BTreeMap::from([(0, Some(50))])));
-        assert_eq!(client.take_ahead(0, 9, Duration::ZERO), Some(Some(50)));
+        assert_eq!(client.take_ahead(0, 9, Instant::now()), Some(Some(50)));
     }
 
     #[test]
@@ -241,7 +242,7 @@ mod tests {
         let taker = Arc::clone(&client);
         let taken = std::thread::spawn(move || {
             let started = Instant::now();
-            (taker.take_ahead(2, 1, Duration::from_secs(30)), started.elapsed())
+            (taker.take_ahead(2, 1, started + Duration::from_secs(30)), started.elapsed())
         });
         client.settle(&[(2, 1)], None);
         let (answer, waited) = taken.join().unwrap();
