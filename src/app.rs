@@ -4,7 +4,7 @@ use crate::api::{self, ApiState, Forwarder, Guard, Routing};
 use crate::config::Config;
 use crate::kafka::consumer::{self, ConsumerParts};
 use crate::kafka::dead_letter::DeadLetterProducer;
-use crate::kafka::topics::{TopicAdmin, TopicLayout};
+use crate::kafka::topics::{TopicAdmin, TopicGate, TopicLayout};
 use crate::kafka::KafkaContext;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::PartitionRegistry;
@@ -143,46 +143,53 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let context = KafkaContext { metrics: metrics.clone() };
     let admin = Arc::new(TopicAdmin::new(&config, context.clone()).context("invalid Kafka client settings")?);
-    let Some(layout) = setup_topics(&admin, &metrics, &shutdown).await? else { return Ok(()) };
-    drop(admin);
-    routing.partitions.store(layout.input_partitions, Ordering::Release);
-    let announcer =
-        Announcer::new(&config, identity, Arc::clone(&registry), Arc::clone(&routing.directory), metrics.clone())
-            .context("cannot create the routing announcer")?;
-    let announcer_stop = shutdown.clone();
-    let announcer =
-        std::thread::Builder::new().name("ledgerd-announce".into()).spawn(move || announcer.run(&announcer_stop))?;
-    let (reader_config, directory, reader_metrics, reader_stop) =
-        (Arc::clone(&config), Arc::clone(&routing.directory), metrics.clone(), shutdown.clone());
-    let directory_reader = std::thread::Builder::new()
-        .name("ledgerd-directory".into())
-        .spawn(move || directory::run(&reader_config, &directory, &reader_metrics, &reader_stop))?;
-    let dead_letters = DeadLetterProducer::new(&config.kafka, layout.dlq_partitions, context.clone())
+    // The consumer joins the group while the topics are checked (see `TopicGate`): what needs
+    // them waits for the gate, and a topic misconfiguration still stops the instance.
+    let topics = Arc::new(TopicGate::default());
+    let dead_letters = DeadLetterProducer::new(&config.kafka, Arc::clone(&topics), shutdown.clone(), context.clone())
         .context("cannot create the dead-letter producer")?;
-    let writer = SnapshotWriter::new(Arc::clone(&config), Arc::clone(&registry), context)
-        .context("cannot create the snapshot producer")?;
-    let writer_stop = shutdown.clone();
-    let writer = std::thread::Builder::new().name("ledgerd-snapshots".into()).spawn(move || writer.run(writer_stop))?;
-
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let parts =
-        ConsumerParts { config: Arc::clone(&config), env, metrics, registry, dead_letters, shutdown: shutdown.clone() };
+    let parts = ConsumerParts {
+        config: Arc::clone(&config),
+        env,
+        metrics: metrics.clone(),
+        registry: Arc::clone(&registry),
+        dead_letters,
+        topics: Arc::clone(&topics),
+        shutdown: shutdown.clone(),
+    };
     std::thread::Builder::new().name("ledgerd-consumer".into()).spawn(move || {
         let _ = done_tx.send(consumer::run(parts));
     })?;
+
+    let mut workers = Vec::new();
+    let setup = match setup_topics(&admin, &metrics, &shutdown).await {
+        Ok(Some(layout)) => {
+            drop(admin);
+            routing.partitions.store(layout.input_partitions, Ordering::Release);
+            topics.open(layout);
+            registry.mark_topics_checked();
+            start_workers(&config, &metrics, &registry, (&routing, identity), context, &shutdown, &mut workers)
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if setup.is_err() {
+        shutdown.cancel();
+    }
 
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(config.shutdown.timeout).await;
     };
-    tokio::select! {
+    let stopped = tokio::select! {
         done = done_rx => {
             // The consumer has released every partition, so no round is running; the writer
             // notices the cancelled token within its tick.
             let _ = tokio::task::spawn_blocking(move || {
-                let _ = writer.join();
-                let _ = announcer.join();
-                let _ = directory_reader.join();
+                for worker in workers {
+                    let _ = worker.join();
+                }
             })
             .await;
             match done {
@@ -194,7 +201,39 @@ async fn consume(
             "shutdown did not finish within shutdown.timeout ({:?}); state is safe at its last checkpoint",
             config.shutdown.timeout
         )),
-    }
+    };
+    // A failed topic setup is the cause; the consumer only stopped because of it.
+    setup.and(stopped)
+}
+
+/// Starts the threads that need the checked topics: the routing announcer and directory reader,
+/// and the snapshot writer.
+fn start_workers(
+    config: &Arc<Config>,
+    metrics: &Metrics,
+    registry: &Arc<PartitionRegistry>,
+    (routing, identity): (&Arc<Routing>, Identity),
+    context: KafkaContext,
+    shutdown: &CancellationToken,
+    workers: &mut Vec<std::thread::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let announcer =
+        Announcer::new(config, identity, Arc::clone(registry), Arc::clone(&routing.directory), metrics.clone())
+            .context("cannot create the routing announcer")?;
+    let stop = shutdown.clone();
+    workers.push(std::thread::Builder::new().name("ledgerd-announce".into()).spawn(move || announcer.run(&stop))?);
+    let (reader_config, directory, reader_metrics, stop) =
+        (Arc::clone(config), Arc::clone(&routing.directory), metrics.clone(), shutdown.clone());
+    workers.push(
+        std::thread::Builder::new()
+            .name("ledgerd-directory".into())
+            .spawn(move || directory::run(&reader_config, &directory, &reader_metrics, &stop))?,
+    );
+    let writer = SnapshotWriter::new(Arc::clone(config), Arc::clone(registry), context)
+        .context("cannot create the snapshot producer")?;
+    let stop = shutdown.clone();
+    workers.push(std::thread::Builder::new().name("ledgerd-snapshots".into()).spawn(move || writer.run(stop))?);
+    Ok(())
 }
 
 /// Retries topic setup with backoff until it succeeds; `None` if shutdown came first; an error

@@ -56,6 +56,8 @@ pub struct PartitionRegistry {
     preparing: RwLock<BTreeSet<i32>>,
     /// Set once the instance has joined its group and received a first assignment.
     joined: AtomicBool,
+    /// Set once start-up has checked the topics (the API then knows the input's partition count).
+    topics_checked: AtomicBool,
     stopping: AtomicBool,
     /// Bumped whenever the set of ready partitions changes (the announcer watches it).
     version: AtomicU64,
@@ -114,13 +116,19 @@ impl PartitionRegistry {
         self.joined.store(true, Ordering::Release);
     }
 
+    pub fn mark_topics_checked(&self) {
+        self.topics_checked.store(true, Ordering::Release);
+    }
+
     pub fn mark_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }
 
-    /// Ready to serve: joined the group, every assigned partition restored, and not shutting down.
+    /// Ready to serve: topics checked, joined the group, every assigned partition restored, and
+    /// not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.joined.load(Ordering::Acquire)
+        self.topics_checked.load(Ordering::Acquire)
+            && self.joined.load(Ordering::Acquire)
             && !self.stopping.load(Ordering::Acquire)
             && self.preparing.read().unwrap_or_else(|e| e.into_inner()).is_empty()
     }

@@ -6,6 +6,7 @@
 
 use super::dead_letter::DeadLetterProducer;
 use super::group::{GroupContext, LetterWait, Shared};
+use super::topics::{self, TopicGate};
 use super::{group_client_config, KafkaContext};
 use crate::config::Config;
 use crate::input::{self, InputFormat};
@@ -23,8 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Upper bound on one `poll()` wait, so shutdown and checkpoint deadlines are noticed promptly.
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+/// The poll wait while partitions are being prepared: short, so a prepared partition starts
+/// consuming within it (a restart measured up to a whole `MAX_POLL_WAIT` there otherwise).
+const PREPARING_POLL_WAIT: Duration = Duration::from_millis(5);
 /// How often, at most, the loop scans partitions for interval-driven checkpoints while busy.
 const CHECKPOINT_SCAN_EVERY: Duration = Duration::from_millis(10);
+/// How long one look-up of the input topic before joining may block: short, so shutdown is not held.
+const INPUT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the loop looks for released partitions whose state is due for deletion.
 const CLEANUP_SCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -43,23 +49,18 @@ pub struct ConsumerParts {
     pub metrics: Metrics,
     pub registry: Arc<PartitionRegistry>,
     pub dead_letters: DeadLetterProducer,
+    /// Start-up's topic setup, which runs while this thread joins the group.
+    pub topics: Arc<TopicGate>,
     pub shutdown: CancellationToken,
 }
 
 /// Joins the group and processes until `shutdown` fires; then checkpoints every owned partition,
 /// commits, and leaves the group. Blocking: run it on its own thread.
 pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
-    let ConsumerParts { config, env, metrics, registry, dead_letters, shutdown } = parts;
+    let (config, metrics, topics, shutdown) =
+        (Arc::clone(&parts.config), parts.metrics.clone(), Arc::clone(&parts.topics), parts.shutdown.clone());
     let (prepared_tx, prepared_rx) = std::sync::mpsc::channel();
-    let shared = Arc::new(Shared::new(
-        Arc::clone(&config),
-        env,
-        metrics.clone(),
-        dead_letters,
-        registry,
-        shutdown.clone(),
-        prepared_tx,
-    )?);
+    let shared = Arc::new(Shared::new(parts, prepared_tx)?);
     let mut client = group_client_config(&config.kafka);
     client
         .set("group.id", &config.kafka.group_id)
@@ -75,6 +76,9 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
     }
     let context = GroupContext { client: KafkaContext { metrics: metrics.clone() }, shared: Arc::clone(&shared) };
     let consumer: BaseConsumer<GroupContext> = client.create_with_context(context)?;
+    if !await_input(&consumer, &config.kafka.input_topic, &topics, &shutdown) {
+        return Ok(());
+    }
     consumer.subscribe(&[&config.kafka.input_topic])?;
     tracing::info!(topic = %config.kafka.input_topic, group = %config.kafka.group_id, "joined consumer group");
 
@@ -88,7 +92,9 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         while let Ok(prepared) = prepared_rx.try_recv() {
             shared.start_consuming(&consumer, prepared);
         }
-        match consumer.poll(MAX_POLL_WAIT) {
+        // A partition prepared meanwhile starts consuming only once the poll returns.
+        let wait = if shared.preparing() { PREPARING_POLL_WAIT } else { MAX_POLL_WAIT };
+        match consumer.poll(wait) {
             Some(Ok(message)) => {
                 poll_error_backoff = Duration::ZERO;
                 if handle(&shared, &message, format, max_records) {
@@ -130,6 +136,35 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         Some(message) => Err(ConsumerError::Fatal(message)),
         None => Ok(()),
     }
+}
+
+/// Waits until the input topic exists, so the subscription finds it at once: librdkafka looks for
+/// a subscribed topic that was missing only at its next metadata refresh, minutes later. Returns
+/// false when shutdown came first.
+///
+/// The rest of start-up's topic setup (the dead-letter, snapshot and routing topics) goes on
+/// meanwhile; a restarted instance joins, opens its state and fetches during it.
+fn await_input(
+    consumer: &BaseConsumer<GroupContext>,
+    input_topic: &str,
+    topics: &TopicGate,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        if topics.layout().is_some() {
+            return true;
+        }
+        match topics::partition_count(consumer.client(), input_topic, INPUT_LOOKUP_TIMEOUT) {
+            Ok(Some(_)) => return true,
+            // Not counted here: start-up's topic setup logs and counts the same condition.
+            Ok(None) => tracing::debug!(topic = input_topic, "input topic not found yet; joining once it exists"),
+            Err(e) => tracing::debug!(topic = input_topic, error = %e, "cannot look the input topic up yet"),
+        }
+        let _ = topics.wait_for(backoff, shutdown);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    false
 }
 
 /// Applies one record. Returns true when its partition reached `max_records` since its checkpoint.

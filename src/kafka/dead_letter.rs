@@ -7,6 +7,7 @@
 //! topic's latency delays durability, not throughput. After a crash a copy may be sent twice:
 //! consumers can dedupe on the topic/partition/offset headers.
 
+use super::topics::TopicGate;
 use super::{client_config, KafkaContext};
 use crate::config::KafkaConfig;
 use crate::ledger::Rejection;
@@ -16,7 +17,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 pub const HEADER_REASON: &str = "__ledgerd.errors.reason";
 pub const HEADER_DETAIL: &str = "__ledgerd.errors.detail";
@@ -46,13 +49,20 @@ pub struct PendingLetter {
 pub struct DeadLetterProducer {
     producer: FutureProducer<KafkaContext>,
     topic: String,
-    /// Partitions of the dead-letter topic: copies of partition p go to p when it exists.
-    partitions: i32,
+    /// The dead-letter topic's partition count, once start-up has checked it: copies of partition p
+    /// go to p when it exists.
+    topics: Arc<TopicGate>,
+    shutdown: CancellationToken,
     metrics: Metrics,
 }
 
 impl DeadLetterProducer {
-    pub fn new(config: &KafkaConfig, partitions: i32, context: KafkaContext) -> Result<Self, KafkaError> {
+    pub fn new(
+        config: &KafkaConfig,
+        topics: Arc<TopicGate>,
+        shutdown: CancellationToken,
+        context: KafkaContext,
+    ) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
         let producer = client_config(config)
             // acks=all: acknowledged means replicated. Not idempotent: the topic is at-least-once
@@ -68,7 +78,7 @@ impl DeadLetterProducer {
             // Fail a send after 30s so the retry loop below sees (and logs) a broker outage.
             .set("message.timeout.ms", "30000")
             .create_with_context(context)?;
-        Ok(DeadLetterProducer { producer, topic: config.dlq_topic.clone(), partitions, metrics })
+        Ok(DeadLetterProducer { producer, topic: config.dlq_topic.clone(), topics, shutdown, metrics })
     }
 
     /// Copies `message` with the rejection's headers and starts sending it.
@@ -94,9 +104,19 @@ impl DeadLetterProducer {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers,
-            partition: (message.partition() < self.partitions).then_some(message.partition()),
+            partition: (message.partition() < self.partitions()).then_some(message.partition()),
         };
         PendingLetter { offset: message.offset(), delivery: self.dispatch(&mut letter), letter }
+    }
+
+    /// The dead-letter topic's partition count. Processing starts while start-up still checks the
+    /// topics (it may be creating this one), so the first letters may wait for it here; at
+    /// shutdown, 0: the producer then places the copy by key.
+    fn partitions(&self) -> i32 {
+        match self.topics.layout() {
+            Some(layout) => layout.dlq_partitions,
+            None => self.topics.wait(&self.shutdown).map_or(0, |layout| layout.dlq_partitions),
+        }
     }
 
     /// Drops the value of a letter the topic refused as too large, saying so in a header. Returns

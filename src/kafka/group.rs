@@ -11,8 +11,10 @@
 //! released (in `released`, its local state deleted after `state.release_grace` unless it returns).
 
 use super::committed::CommittedOffsets;
+use super::consumer::ConsumerParts;
 use super::dead_letter::{DeadLetterProducer, PendingLetter};
 use super::prepare::{self, Prepared};
+use super::topics::TopicGate;
 use super::KafkaContext;
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
@@ -71,6 +73,8 @@ pub(super) struct Shared {
     pub env: Arc<StoreEnv>,
     pub metrics: Metrics,
     pub dead_letters: DeadLetterProducer,
+    /// Start-up's topic setup: a restore waits for the snapshot topic to be checked.
+    pub topics: Arc<TopicGate>,
     pub registry: Arc<PartitionRegistry>,
     pub shutdown: CancellationToken,
     /// The group's committed offsets, for every partition's preparation.
@@ -89,15 +93,8 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        config: Arc<Config>,
-        env: Arc<StoreEnv>,
-        metrics: Metrics,
-        dead_letters: DeadLetterProducer,
-        registry: Arc<PartitionRegistry>,
-        shutdown: CancellationToken,
-        prepared: Sender<Prepared>,
-    ) -> Result<Shared, KafkaError> {
+    pub fn new(parts: ConsumerParts, prepared: Sender<Prepared>) -> Result<Shared, KafkaError> {
+        let ConsumerParts { config, env, metrics, registry, dead_letters, topics, shutdown } = parts;
         let local = env.local_partitions(&config.kafka.input_topic);
         let committed = Arc::new(CommittedOffsets::new(&config, KafkaContext { metrics: metrics.clone() })?);
         // Connects while the group join is in flight: a restarted instance then checks its
@@ -112,6 +109,7 @@ impl Shared {
             env,
             metrics,
             dead_letters,
+            topics,
             registry,
             shutdown,
             committed,
@@ -130,6 +128,11 @@ impl Shared {
 
     fn pending(&self) -> MutexGuard<'_, BTreeMap<i32, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an assigned partition is still being prepared.
+    pub fn preparing(&self) -> bool {
+        !self.pending().is_empty()
     }
 
     pub(super) fn send_prepared(&self, prepared: Prepared) {

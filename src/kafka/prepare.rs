@@ -83,6 +83,10 @@ fn prepare(
         }
     }
 
+    // Start-up may still be checking (or creating) the snapshot topic.
+    if shared.topics.wait(cancel).is_none() {
+        return Err(PrepareError::Cancelled);
+    }
     let reader = SnapshotReader::new(&shared.config, KafkaContext { metrics: shared.metrics.clone() })
         .map_err(|e| PrepareError::Fatal(format!("cannot create the snapshot reader: {e}")))?;
     let outcome = read_snapshot(shared, &reader, partition, cancel)?;

@@ -7,10 +7,12 @@
 use super::{client_config, KafkaContext};
 use crate::config::{Config, KafkaConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kafka answers DescribeConfigs in milliseconds; a broker that cannot is not waited on for long.
@@ -24,6 +26,60 @@ pub struct TopicLayout {
     /// Why the snapshot topic's cleanup policy could not be checked, if it could not.
     pub unverified: Option<String>,
 }
+
+/// Start-up's topic setup as the rest of the pipeline sees it. The consumer joins the group while
+/// the topics are checked: one after the other, the two were most of a restarted instance's time
+/// before it processed again (docs/BENCHMARKS.md, crash recovery). What needs the checked topics
+/// waits here: restoring from the snapshot topic, and placing a dead letter.
+#[derive(Default)]
+pub struct TopicGate {
+    layout: OnceLock<TopicLayout>,
+    lock: Mutex<()>,
+    opened: Condvar,
+}
+
+impl TopicGate {
+    /// Records the checked layout and wakes everything waiting for it.
+    pub fn open(&self, layout: TopicLayout) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.layout.set(layout);
+        self.opened.notify_all();
+    }
+
+    /// The checked layout, once the topics are checked.
+    pub fn layout(&self) -> Option<&TopicLayout> {
+        self.layout.get()
+    }
+
+    /// Waits until the topics are checked; `None` when `stop` fires first.
+    pub fn wait(&self, stop: &CancellationToken) -> Option<&TopicLayout> {
+        self.wait_until(None, stop)
+    }
+
+    /// Like [`TopicGate::wait`], for at most `max`.
+    pub fn wait_for(&self, max: Duration, stop: &CancellationToken) -> Option<&TopicLayout> {
+        self.wait_until(Instant::now().checked_add(max), stop)
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>, stop: &CancellationToken) -> Option<&TopicLayout> {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(layout) = self.layout.get() {
+                return Some(layout);
+            }
+            let left = deadline.map_or(STOP_CHECK_EVERY, |d| d.saturating_duration_since(Instant::now()));
+            if stop.is_cancelled() || left.is_zero() {
+                return None;
+            }
+            // A cancellation token cannot wake a condition variable: look at it now and then.
+            let wait = left.min(STOP_CHECK_EVERY);
+            guard = self.opened.wait_timeout(guard, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// How often a wait for the topics looks at its stop token.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Settings of the snapshot topic ledgerd creates.
 const SNAPSHOT_TOPIC_SETTINGS: &[(&str, &str)] = &[("cleanup.policy", "compact")];
@@ -91,14 +147,7 @@ impl TopicAdmin {
 
     /// Partition count of `topic`, or `None` when the broker does not know it. Blocking.
     pub fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
-        let metadata = self.admin.inner().fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
-        match found.error() {
-            None if !found.partitions().is_empty() => Ok(Some(found.partitions().len() as i32)),
-            None => Ok(None),
-            Some(code) if RDKafkaErrorCode::from(code) == RDKafkaErrorCode::UnknownTopicOrPartition => Ok(None),
-            Some(code) => Err(KafkaError::MetadataFetch(code.into())),
-        }
+        partition_count(self.admin.inner(), topic, METADATA_TIMEOUT)
     }
 
     /// Creates `topic` with `partitions` unless it exists; a concurrent creation by another
@@ -187,5 +236,63 @@ impl TopicAdmin {
             Ok(count) => Ok(count?),
             Err(e) => Err(TopicError::MetadataTask(e.to_string())),
         }
+    }
+}
+
+/// Partition count of `topic` as `client` sees it, or `None` when the broker does not know it.
+/// Blocks for up to `timeout`.
+pub fn partition_count<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
+    match found.error() {
+        None if !found.partitions().is_empty() => Ok(Some(found.partitions().len() as i32)),
+        None => Ok(None),
+        Some(code) if RDKafkaErrorCode::from(code) == RDKafkaErrorCode::UnknownTopicOrPartition => Ok(None),
+        Some(code) => Err(KafkaError::MetadataFetch(code.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> TopicLayout {
+        TopicLayout { input_partitions: 3, dlq_partitions: 3, unverified: None }
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_the_topics_are_checked() {
+        let gate = Arc::new(TopicGate::default());
+        let stop = CancellationToken::new();
+        assert!(gate.layout().is_none());
+        assert!(gate.wait_for(Duration::from_millis(20), &stop).is_none(), "nothing checked yet");
+        let opener = Arc::clone(&gate);
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            opener.open(layout());
+        });
+        assert_eq!(gate.wait(&stop), Some(&layout()));
+        // Woken by the opening, not by the next look at the stop token only.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        thread.join().unwrap();
+        assert_eq!(gate.wait_for(Duration::ZERO, &stop), Some(&layout()));
+    }
+
+    #[test]
+    fn a_stop_ends_the_wait() {
+        let gate = TopicGate::default();
+        let stop = CancellationToken::new();
+        let canceller = stop.clone();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            canceller.cancel();
+        });
+        assert!(gate.wait(&stop).is_none());
+        thread.join().unwrap();
     }
 }

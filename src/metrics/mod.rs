@@ -511,6 +511,8 @@ mod tests {
         assert!(disk > 0.0, "{text}");
 
         registry.mark_joined();
+        assert!(metrics.render().contains("ledgerd_ready 0"), "topics not checked yet");
+        registry.mark_topics_checked();
         assert!(metrics.render().contains("ledgerd_ready 1"));
 
         drop(store);

@@ -43,7 +43,7 @@ impl ScrapeTime {
         ScrapeTime {
             ready: gauge(
                 "ledgerd_ready",
-                "1 while /readyz answers 200: the group is joined and every assigned partition is prepared.",
+                "1 while /readyz answers 200: the topics are checked, the group is joined and every assigned partition is prepared.",
             ),
             block_cache: gauge(
                 "ledgerd_rocksdb_block_cache_usage_bytes",
