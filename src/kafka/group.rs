@@ -28,7 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -83,6 +83,8 @@ pub(super) struct Shared {
     /// thread, never across a `poll()`, so it is never contended.
     owned: Mutex<BTreeMap<i32, Owned>>,
     pending: Mutex<BTreeMap<i32, Pending>>,
+    /// `pending`'s size, read by the poll loop on every record without taking the lock.
+    pending_count: AtomicUsize,
     generation: AtomicU64,
     /// Prepared partitions travel to the consumer thread through here.
     prepared: Mutex<Sender<Prepared>>,
@@ -115,6 +117,7 @@ impl Shared {
             committed,
             owned: Mutex::default(),
             pending: Mutex::default(),
+            pending_count: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             prepared: Mutex::new(prepared),
             released: Mutex::new(released),
@@ -132,7 +135,13 @@ impl Shared {
 
     /// Whether an assigned partition is still being prepared.
     pub fn preparing(&self) -> bool {
-        !self.pending().is_empty()
+        self.pending_count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Publishes how many partitions are being prepared (called with `pending` locked, after a change).
+    fn pending_changed(&self, pending: &BTreeMap<i32, Pending>) {
+        self.pending_count.store(pending.len(), Ordering::Relaxed);
+        self.metrics.restoring_partitions.set(pending.len() as i64);
     }
 
     pub(super) fn send_prepared(&self, prepared: Prepared) {
@@ -247,7 +256,7 @@ impl Shared {
                 self.fail(format!("cannot start preparing partition {partition}: {e}"));
             }
         }
-        self.metrics.restoring_partitions.set(pending.len() as i64);
+        self.pending_changed(&pending);
         drop(pending);
         self.committed.look_up_ahead(look_up, prepare::COMMITTED_TIMEOUT);
         self.metrics.rebalance("assign");
@@ -268,7 +277,7 @@ impl Shared {
                 // Revoked (and perhaps assigned again) while it was being prepared.
                 _ => return,
             };
-            self.metrics.restoring_partitions.set(pending.len() as i64);
+            self.pending_changed(&pending);
         }
         let topic = &self.config.kafka.input_topic;
         // Never resume from the group's committed offset: it may lag the state (the commit
@@ -350,7 +359,7 @@ impl Shared {
                 tracing::info!(partition, "partition released while preparing");
             }
         }
-        self.metrics.restoring_partitions.set(pending.len() as i64);
+        self.pending_changed(&pending);
         drop(pending);
 
         let mut owned = self.owned();
