@@ -434,6 +434,8 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
     let mut decode_seconds = Vec::new();
     let mut pass_seconds = Vec::new();
     let passes = passes.max(1);
+    // The last pass's state written as one snapshot round: (accounts, bytes, seconds).
+    let mut round = None;
     for pass in 0..passes {
         // Decode alone: the share of the pass that is JSON.
         let started = Instant::now();
@@ -456,6 +458,9 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
         if pass + 1 == passes {
             let wrong = engine.wrong_balances(&work.expected)?;
             anyhow::ensure!(wrong == 0, "{wrong} of {} balances wrong", work.expected.len());
+            let started = Instant::now();
+            let (accounts, bytes) = engine.snapshot_round()?;
+            round = Some((accounts, bytes, started.elapsed().as_secs_f64()));
         }
         drop(engine);
         std::fs::remove_dir_all(&state_dir)?;
@@ -474,6 +479,8 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
             "engine_records_per_second_median": records / median(&mut pass_seconds),
             "engine_records_per_second_best": records / best,
             "balances_verified": work.expected.len(),
+            "round_accounts": round.map(|r| r.0), "round_bytes": round.map(|r| r.1),
+            "round_accounts_per_second": round.map(|r| r.0 as f64 / r.2),
         })
     );
     Ok(())

@@ -9,6 +9,7 @@ use crate::input::{self, InputFormat};
 use crate::ledger::{Amount, Currency};
 use crate::metrics::Metrics;
 use crate::partition::PartitionState;
+use crate::snapshot::round::{self, RoundError, SnapshotSink};
 use crate::store::{PartitionStore, StoreEnv, StoreError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +55,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes one snapshot round of the whole state to a sink that only counts what it is given,
+    /// as the snapshot writer does after a catch-up: the round's own cost, without a broker.
+    /// Returns the accounts and bytes written.
+    pub fn snapshot_round(&self) -> Result<(u64, u64), RoundError<std::convert::Infallible>> {
+        let mut sink = CountingSink::default();
+        let window = i64::try_from(DEDUPE_WINDOW.as_micros()).unwrap_or(i64::MAX);
+        let report = round::write_round(&self.store, ("bench", 0), window, 1 << 20, &mut sink)?;
+        Ok((report.map_or(0, |r| r.marker.accounts_written), sink.bytes))
+    }
+
     /// How many of the `expected` USD balances (in cents, from the generator) the store does not
     /// hold exactly.
     pub fn wrong_balances(&self, expected: &BTreeMap<String, i128>) -> Result<usize, StoreError> {
@@ -64,6 +75,26 @@ impl Engine {
             wrong += usize::from(self.store.balance(account, usd)? != want);
         }
         Ok(wrong)
+    }
+}
+
+/// A snapshot sink that keeps nothing: it counts the bytes of the records it is given.
+#[derive(Default)]
+struct CountingSink {
+    bytes: u64,
+}
+
+impl SnapshotSink for CountingSink {
+    type Error = std::convert::Infallible;
+    fn send(&mut self, key: &[u8], value: &[u8]) -> Result<(), Self::Error> {
+        self.bytes += (key.len() + value.len()) as u64;
+        Ok(())
+    }
+    fn confirm(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn abandoned(&self) -> bool {
+        false
     }
 }
 

@@ -651,27 +651,31 @@ impl PartitionStore {
         let min_event_time = point.watermark_micros.saturating_sub(dedupe_window_micros);
 
         let mut current: Option<(AccountImage, bool)> = None;
-        let finish =
-            |image: AccountImage, changed: bool, visit: &mut dyn FnMut(&ScanPoint, AccountImage) -> ControlFlow<()>| {
-                if !changed {
-                    return Ok(ControlFlow::Continue(()));
+        // One iterator over the remembered transactions for the whole scan, moved to each changed
+        // account by a seek: creating an iterator per account cost more than the seek itself.
+        let mut transactions = view.raw_iterator_cf(self.cf(CF_TRANSACTIONS));
+        let mut prefix = Vec::new();
+        let mut finish = |mut image: AccountImage,
+                          changed: bool,
+                          visit: &mut dyn FnMut(&ScanPoint, AccountImage) -> ControlFlow<()>| {
+            if !changed {
+                return Ok(ControlFlow::Continue(()));
+            }
+            prefix.clear();
+            keys::push_account(&mut prefix, &image.account);
+            transactions.seek(&prefix);
+            while let (Some(key), Some(value)) = (transactions.key(), transactions.value()) {
+                let Some(id) = key.strip_prefix(prefix.as_slice()) else { break };
+                let record = codec::decode_transaction(value)?;
+                if record.event_time_micros >= min_event_time {
+                    image.transactions.push((String::from_utf8_lossy(id).into_owned(), record));
                 }
-                let mut image = image;
-                let prefix = keys::account_prefix(&image.account);
-                let mut read = ReadOptions::default();
-                read.set_iterate_upper_bound(prefix_end(&prefix));
-                let mode = IteratorMode::From(&prefix, Direction::Forward);
-                for item in view.iterator_cf_opt(self.cf(CF_TRANSACTIONS), read, mode) {
-                    let (key, value) = item?;
-                    let record = codec::decode_transaction(&value)?;
-                    if record.event_time_micros >= min_event_time {
-                        let id = keys::split_account(&key).map(|(_, id)| String::from_utf8_lossy(id).into_owned());
-                        image.transactions.push((id.unwrap_or_default(), record));
-                    }
-                }
-                image.transactions.sort_by_key(|(_, t)| std::cmp::Reverse(t.event_time_micros));
-                Ok::<_, StoreError>(visit(&point, image))
-            };
+                transactions.next();
+            }
+            transactions.status()?;
+            image.transactions.sort_by_key(|(_, t)| std::cmp::Reverse(t.event_time_micros));
+            Ok::<_, StoreError>(visit(&point, image))
+        };
         for item in view.iterator_cf(self.cf(CF_BALANCES), IteratorMode::Start) {
             let (key, value) = item?;
             let Some((account, currency)) = keys::split_balance(&key) else { continue };
