@@ -56,6 +56,7 @@ pub struct MetricSet {
     snapshot_records: IntCounterVec,
     snapshot_rounds: IntCounterVec,
     snapshot_age: GaugeVec,
+    snapshot_round_duration: GaugeVec,
     snapshot_offset: IntGaugeVec,
     snapshot_truncated: IntCounter,
     restore_records: IntCounterVec,
@@ -190,6 +191,11 @@ impl Metrics {
             "Seconds since the partition's last complete snapshot round (or since it was assigned).",
             &["partition"],
         );
+        let snapshot_round_duration = r.float_gauge_vec(
+            "ledgerd_snapshot_round_duration_seconds",
+            "Duration of the partition's last complete snapshot round; the writer rests four times as long after a round.",
+            &["partition"],
+        );
         let snapshot_offset = r.gauge_vec(
             "ledgerd_snapshot_offset",
             "Input offset the partition's last complete snapshot round is valid through: a restore replays from here.",
@@ -255,6 +261,7 @@ impl Metrics {
             snapshot_records,
             snapshot_rounds,
             snapshot_age,
+            snapshot_round_duration,
             snapshot_offset,
             snapshot_truncated,
             restore_records,
@@ -285,6 +292,7 @@ impl Metrics {
             failed: self.snapshot_rounds.with_label_values(&[&p, "failed"]),
             abandoned: self.snapshot_rounds.with_label_values(&[&p, "abandoned"]),
             age: self.snapshot_age.with_label_values(&[&p]),
+            round_duration: self.snapshot_round_duration.with_label_values(&[&p]),
             offset: self.snapshot_offset.with_label_values(&[&p]),
             truncated: self.snapshot_truncated.clone(),
         }
@@ -322,6 +330,7 @@ impl Metrics {
         let _ = self.checkpointed_offset.remove_label_values(&[&p]);
         let _ = self.high_watermark.remove_label_values(&[&p]);
         let _ = self.snapshot_age.remove_label_values(&[&p]);
+        let _ = self.snapshot_round_duration.remove_label_values(&[&p]);
         let _ = self.snapshot_offset.remove_label_values(&[&p]);
         let _ = self.restore_remaining.remove_label_values(&[&p]);
     }
@@ -399,6 +408,7 @@ pub struct SnapshotMetrics {
     pub failed: IntCounter,
     pub abandoned: IntCounter,
     pub age: Gauge,
+    pub round_duration: Gauge,
     pub offset: IntGauge,
     pub truncated: IntCounter,
 }

@@ -12,6 +12,14 @@
 //! writes the marker `complete_through = N`, and only after the marker is acknowledged does `S`
 //! become `N`. The producer is idempotent, so a partition's records stay in order.
 //!
+//! Rounds are paced: after a round that took `d`, the writer starts no other round (of any
+//! partition) for `4 × d`, and then the partition due longest goes first. While state changes
+//! faster than rounds keep up, as in a catch-up where nearly every account changes within the
+//! interval, each round rewrites the whole state, and back to back they would cost as much as the
+//! processing; paced, they take at most a fifth of the writer's time. A round's duration grows with
+//! the accounts it writes, so the input a restore replays after the newest marker stays bounded by
+//! the number of accounts (times the rate of the input), not by the length of the history.
+//!
 //! ## Why a restore is exact
 //! Every account record holds the account's state as of exactly the input records below its
 //! `valid_through` (it was read from a checkpoint, where state and offset are one atomic batch).

@@ -1,7 +1,10 @@
 //! The snapshot writer thread: every `snapshot.interval` it writes a round for each owned partition
-//! through an idempotent producer, and keeps `ledgerd_snapshot_age_seconds` current. A failing round
-//! is logged, counted and retried at the next interval; it never blocks processing, which runs on
-//! the consumer thread and only waits for a round when it releases that round's partition.
+//! through an idempotent producer, and keeps `ledgerd_snapshot_age_seconds` current. It rests after
+//! each round in proportion to the round's duration ([`REST_PER_ROUND`]), so rounds that rewrite a
+//! large, fast-changing state come less often than the interval. A failing round is logged, counted
+//! and retried at the next interval (or after the rest, if that is later); it never blocks
+//! processing, which runs on the consumer thread and only waits for a round when it releases that
+//! round's partition.
 
 use super::round::{self, RoundError, SnapshotSink};
 use crate::config::Config;
@@ -18,10 +21,29 @@ use tokio_util::sync::CancellationToken;
 /// How often the writer wakes to update snapshot ages and look for due rounds.
 const TICK: Duration = Duration::from_millis(500);
 
+/// After a round that took `d`, the writer starts no other round for `REST_PER_ROUND × d`, so
+/// rounds take at most a fifth of this thread's time (and of what they cost the broker). When a
+/// partition's state changes faster than rounds can keep up, as in a catch-up where nearly every
+/// account changes within `snapshot.interval`, each round rewrites the whole state: back to back,
+/// the rounds would cost as much as the processing. The rest stays proportional to a round's
+/// size, which grows with the accounts, so the input a restore replays after the newest complete
+/// round is still bounded by the number of accounts, not by the history.
+const REST_PER_ROUND: u32 = 4;
+
 /// Fault injection for the end-to-end tests (the `LEDGERD_TEST_` prefix is never configuration):
 /// the process aborts, like `kill -9`, once this many snapshot records (markers included) were
 /// acknowledged in total; a count that ends inside a round aborts between its records and marker.
 const ABORT_AFTER_RECORDS_VAR: &str = "LEDGERD_TEST_ABORT_SNAPSHOT_AFTER_RECORDS";
+
+/// Of the partitions with their next round time, the one due longest, if any is due at `now`.
+fn longest_waiting(next_rounds: impl Iterator<Item = (i32, Instant)>, now: Instant) -> Option<i32> {
+    next_rounds.filter(|(_, next)| *next <= now).min_by_key(|(_, next)| *next).map(|(partition, _)| partition)
+}
+
+/// When the writer may start its next round after one that ran from `started` to `ended`.
+fn rest_until(started: Instant, ended: Instant) -> Instant {
+    ended + ended.duration_since(started) * REST_PER_ROUND
+}
 
 /// Sends one partition's round to the snapshot topic's partition of the same number.
 struct KafkaSink<'a> {
@@ -138,6 +160,8 @@ impl SnapshotWriter {
     pub fn run(self, shutdown: CancellationToken) {
         let interval = self.config.snapshot.interval;
         let mut schedules: HashMap<i32, Schedule> = HashMap::new();
+        // No round starts before this (see REST_PER_ROUND).
+        let mut rested_at = Instant::now();
         while !shutdown.is_cancelled() {
             let now = Instant::now();
             let handles = self.registry.handles();
@@ -152,10 +176,22 @@ impl SnapshotWriter {
                     next_round: now + interval,
                 });
                 schedule.metrics.age.set(now.duration_since(schedule.last_complete).as_secs_f64());
-                if now >= schedule.next_round && !shutdown.is_cancelled() {
-                    self.round(schedule);
-                    schedule.next_round = Instant::now() + interval;
+            }
+            // One round at a time, for the partition that has waited longest: while the writer
+            // rests several come due, and an order by partition number would starve the last.
+            let due = longest_waiting(schedules.iter().map(|(p, s)| (*p, s.next_round)), now);
+            if let Some(schedule) = due.and_then(|p| schedules.get_mut(&p)) {
+                if now < rested_at || shutdown.is_cancelled() {
+                    std::thread::sleep(TICK.min(rested_at.saturating_duration_since(now)));
+                    continue;
                 }
+                let started = Instant::now();
+                self.round(schedule);
+                let ended = Instant::now();
+                schedule.next_round = ended + interval;
+                rested_at = rest_until(started, ended);
+                schedule.metrics.age.set(ended.duration_since(schedule.last_complete).as_secs_f64());
+                continue;
             }
             std::thread::sleep(TICK);
         }
@@ -197,6 +233,7 @@ impl SnapshotWriter {
                 schedule.last_complete = Instant::now();
                 schedule.metrics.records.inc_by(report.marker.accounts_written);
                 schedule.metrics.offset.set(report.marker.complete_through);
+                schedule.metrics.round_duration.set(started.elapsed().as_secs_f64());
                 schedule.metrics.truncated.inc_by(report.truncated);
                 schedule.metrics.complete.inc();
                 tracing::info!(
@@ -219,12 +256,39 @@ impl SnapshotWriter {
                 schedule.metrics.failed.inc();
                 self.metrics.handled_error(
                     ErrorKind::SnapshotWrite,
-                    &format_args!("partition {partition}: {e}; retrying in {:?}", self.config.snapshot.interval),
+                    &format_args!(
+                        "partition {partition}: {e}; retrying in {:?} or later",
+                        self.config.snapshot.interval
+                    ),
                 );
             }
         }
         if let Err(e) = leftover {
             self.metrics.handled_error(ErrorKind::SnapshotWrite, &format_args!("partition {partition}: {e}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partition_due_longest_goes_first_and_none_before_it_is_due() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let rounds = [(0, now - s(5)), (7, now - s(30)), (3, now + s(1)), (11, now - s(6))];
+        assert_eq!(longest_waiting(rounds.into_iter(), now), Some(7));
+        assert_eq!(longest_waiting(rounds.into_iter().filter(|(p, _)| *p != 7), now), Some(11));
+        assert_eq!(longest_waiting(rounds.into_iter().filter(|(p, _)| *p == 3), now), None);
+        assert_eq!(longest_waiting(std::iter::empty(), now), None);
+    }
+
+    #[test]
+    fn the_rest_after_a_round_grows_with_its_duration() {
+        let started = Instant::now();
+        let ended = started + Duration::from_secs(3);
+        assert_eq!(rest_until(started, ended), ended + Duration::from_secs(12));
+        assert_eq!(rest_until(started, started), started);
     }
 }
