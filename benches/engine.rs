@@ -5,6 +5,7 @@
 //! and verifies every balance (docs/BENCHMARKS.md, "Engine ceiling").
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use ledgerd::config::StateConfig;
 use ledgerd::input::{self, InputFormat};
 use ledgerd::loadgen::engine::{Engine, DEDUPE_WINDOW};
 use ledgerd::loadgen::{self, Shape};
@@ -56,7 +57,8 @@ fn engine(c: &mut Criterion) {
             for _ in 0..iterations {
                 pass += 1;
                 let dir = parent.path().join(format!("pass-{pass}"));
-                let mut engine = Engine::open(&dir, &metrics).expect("new state opens");
+                let mut engine = Engine::open(&StateConfig { dir: dir.clone(), ..StateConfig::default() }, &metrics)
+                    .expect("new state opens");
                 let started = Instant::now();
                 engine.run(&work.records, CHECKPOINT_EVERY).expect("the pass runs");
                 timed += started.elapsed();

@@ -14,6 +14,7 @@
 //! Each prints one JSON line of results on stdout.
 
 use clap::{Parser, Subcommand};
+use ledgerd::config::{ByteSize, StateConfig};
 use ledgerd::loadgen::{self, Shape};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -115,6 +116,13 @@ enum Command {
         /// Parent of the passes' state directories (each removed after its pass).
         #[arg(long, default_value = "target/bench-engine")]
         dir: PathBuf,
+        /// state.block_cache_size in MiB (ledgerd's default; a partition's share of it when
+        /// several partitions share one instance is the default divided by their number).
+        #[arg(long, default_value_t = 256)]
+        block_cache_mib: u64,
+        /// state.write_buffer_size in MiB (ledgerd's default, shared the same way).
+        #[arg(long, default_value_t = 64)]
+        write_buffer_mib: u64,
     },
     Targets {
         /// The instance the load will be sent to.
@@ -191,9 +199,15 @@ fn main() -> anyhow::Result<()> {
         Command::Drain { target } => drain(&target),
         Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
-        Command::Engine { events, accounts, checkpoint_every, passes, dir } => {
+        Command::Engine { events, accounts, checkpoint_every, passes, dir, block_cache_mib, write_buffer_mib } => {
             let recent_events = loadgen::recent_events(ledgerd::loadgen::engine::DEDUPE_WINDOW.as_secs(), 1);
-            engine(&Shape { events, accounts, recent_events, ..Shape::default() }, checkpoint_every, passes, &dir)
+            let state = StateConfig {
+                dir,
+                block_cache_size: ByteSize(block_cache_mib << 20),
+                write_buffer_size: ByteSize(write_buffer_mib << 20),
+                ..StateConfig::default()
+            };
+            engine(&Shape { events, accounts, recent_events, ..Shape::default() }, checkpoint_every, passes, &state)
         }
         Command::Targets { url, instance, expected, local, forwarded } => {
             targets(&url, &instance, &expected, &local, &forwarded)
@@ -425,7 +439,7 @@ fn targets(url: &str, instance: &str, expected: &PathBuf, local: &PathBuf, forwa
 /// consumer thread does, on this one thread. Each pass starts from an empty state directory, so
 /// every pass does the same work (a second pass over the same records would only find
 /// duplicates). After the last pass every balance is compared with the generator's expectation.
-fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::Path) -> anyhow::Result<()> {
+fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConfig) -> anyhow::Result<()> {
     use ledgerd::input::{self, InputFormat};
     use ledgerd::loadgen::engine::Engine;
 
@@ -449,9 +463,9 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, dir: &std::path::
         decode_seconds.push(started.elapsed().as_secs_f64());
         anyhow::ensure!(decoded_ok + work.dead_letters >= work.records.len(), "records failed to decode");
 
-        let state_dir = dir.join(format!("pass-{}-{pass}", std::process::id()));
+        let state_dir = state.dir.join(format!("pass-{}-{pass}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
-        let mut engine = Engine::open(&state_dir, &metrics)?;
+        let mut engine = Engine::open(&StateConfig { dir: state_dir.clone(), ..state.clone() }, &metrics)?;
         let started = Instant::now();
         engine.run(&work.records, checkpoint_every)?;
         pass_seconds.push(started.elapsed().as_secs_f64());

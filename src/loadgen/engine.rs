@@ -12,7 +12,6 @@ use crate::partition::PartitionState;
 use crate::snapshot::round::{self, RoundError, SnapshotSink};
 use crate::store::{PartitionStore, StoreEnv, StoreError};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +27,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens new state under `dir`, which must not hold state already (a second run over the same
-    /// records would only find duplicates).
-    pub fn open(dir: &Path, metrics: &Metrics) -> Result<Engine, StoreError> {
-        let env = StoreEnv::new(&StateConfig { dir: dir.to_path_buf(), ..StateConfig::default() })?;
+    /// Opens new state in `state.dir`, which must not hold state already (a second run over the
+    /// same records would only find duplicates).
+    pub fn open(state: &StateConfig, metrics: &Metrics) -> Result<Engine, StoreError> {
+        let env = StoreEnv::new(state)?;
         let (store, _) = env.open_partition("bench", 0)?;
         let store = Arc::new(store);
         let state = PartitionState::new(0, Arc::clone(&store), 0, DEDUPE_WINDOW, metrics.for_partition(0))?;
@@ -103,12 +102,16 @@ mod tests {
     use super::*;
     use crate::loadgen::{generate, Shape};
 
+    fn state_in(dir: &std::path::Path) -> StateConfig {
+        StateConfig { dir: dir.to_path_buf(), ..StateConfig::default() }
+    }
+
     #[test]
     fn a_generated_workload_runs_to_its_expected_balances() {
         let shape = Shape { events: 3_000, accounts: 50, recent_events: 1_000, ..Shape::default() };
         let work = generate(3, &shape);
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = Engine::open(dir.path(), &Metrics::new()).unwrap();
+        let mut engine = Engine::open(&state_in(dir.path()), &Metrics::new()).unwrap();
         engine.run(&work.records, 700).unwrap();
         assert_eq!(engine.wrong_balances(&work.expected).unwrap(), 0);
         assert!(!work.expected.is_empty());
@@ -118,7 +121,7 @@ mod tests {
     fn a_wrong_balance_is_counted() {
         let work = generate(3, &Shape { events: 200, accounts: 5, recent_events: 100, ..Shape::default() });
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = Engine::open(dir.path(), &Metrics::new()).unwrap();
+        let mut engine = Engine::open(&state_in(dir.path()), &Metrics::new()).unwrap();
         engine.run(&work.records, 50).unwrap();
         let mut expected = work.expected.clone();
         *expected.values_mut().next().unwrap() += 1;
