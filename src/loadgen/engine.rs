@@ -4,7 +4,7 @@
 //! balances) and the criterion bench in `benches/engine.rs`.
 
 use super::{cents_to_string, Fixture};
-use crate::config::StateConfig;
+use crate::config::{SnapshotConfig, StateConfig};
 use crate::input::{self, InputFormat};
 use crate::ledger::{Amount, Currency};
 use crate::metrics::Metrics;
@@ -60,7 +60,8 @@ impl Engine {
     pub fn snapshot_round(&self) -> Result<(u64, u64), RoundError<std::convert::Infallible>> {
         let mut sink = CountingSink::default();
         let window = i64::try_from(DEDUPE_WINDOW.as_micros()).unwrap_or(i64::MAX);
-        let report = round::write_round(&self.store, ("bench", 0), window, 1 << 20, &mut sink)?;
+        let max_record_size = SnapshotConfig::default().max_record_size.0 as usize;
+        let report = round::write_round(&self.store, ("bench", 0), window, max_record_size, &mut sink)?;
         Ok((report.map_or(0, |r| r.marker.accounts_written), sink.bytes))
     }
 
