@@ -715,6 +715,12 @@ impl PartitionStore {
         Ok(Some(point))
     }
 
+    /// Blocks until the flushes and compactions already scheduled have finished (benchmarks
+    /// charge their CPU to the work that caused them).
+    pub fn wait_for_background_work(&self) -> Result<(), StoreError> {
+        Ok(self.db.wait_for_compact(&rocksdb::WaitForCompactOptions::default())?)
+    }
+
     /// Starts a checkpoint. Nothing is visible until [`PartitionStore::commit`].
     pub fn begin(&self) -> Checkpoint<'_> {
         Checkpoint { store: self, batch: WriteBatch::default(), key: Vec::new(), value: Vec::new() }
