@@ -101,7 +101,9 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// Block cache shared by all partitions' databases.
     pub block_cache_size: ByteSize,
-    /// Memtable budget shared by all partitions' databases (charged to the block cache).
+    /// Memtable budget shared by all partitions' databases (charged to the block cache). One
+    /// memtable holds at most a quarter of it; one partition keeps about an eighth of it in
+    /// write-ahead logs (what a restart replays).
     pub write_buffer_size: ByteSize,
     /// State of a partition that moved to another instance is deleted this long after it left (it
     /// is reused as is if the partition comes back before then).

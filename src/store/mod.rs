@@ -41,11 +41,25 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// One memtable may hold at most this share of `state.write_buffer_size`; the shared budget
+/// flushes them sooner when many partitions write at once.
+const MEMTABLE_SHARE: usize = 4;
+
+/// One partition's write-ahead logs may hold at most this share of `state.write_buffer_size`.
+const WAL_SHARE: u64 = 8;
+
+/// Bytes of memtable bloom filter per byte of memtable capacity, for `transactions`.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
+
 /// Shared resources for every partition's database.
 pub struct StoreEnv {
     root: PathBuf,
     cache: Cache,
     write_buffers: WriteBufferManager,
+    /// The most one memtable may hold (see [`MEMTABLE_SHARE`]).
+    memtable_size: usize,
+    /// The most write-ahead log one partition keeps (see [`WAL_SHARE`]).
+    wal_size: u64,
     /// `state.history_retention` in micros; 0 keeps all history.
     history_retention_micros: i64,
 }
@@ -68,7 +82,16 @@ impl StoreEnv {
             cache.clone(),
         );
         let history_retention_micros = i64::try_from(config.history_retention.as_micros()).unwrap_or(i64::MAX);
-        Ok(StoreEnv { root: config.dir.clone(), cache, write_buffers, history_retention_micros })
+        let memtable_size = config.write_buffer_size.0 as usize / MEMTABLE_SHARE;
+        let wal_size = config.write_buffer_size.0 / WAL_SHARE;
+        Ok(StoreEnv {
+            root: config.dir.clone(),
+            cache,
+            write_buffers,
+            memtable_size,
+            wal_size,
+            history_retention_micros,
+        })
     }
 
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
@@ -115,6 +138,16 @@ impl StoreEnv {
         options.create_missing_column_families(true);
         options.set_block_based_table_factory(&table);
         options.set_write_buffer_manager(&self.write_buffers);
+        // Without it every memtable is sized as RocksDB's default (64 MiB), and so is each
+        // `transactions` memtable's bloom filter (below): 6.4 MiB, counted in the memtable's
+        // size. With twelve partitions the shared budget then flushed those memtables when they
+        // held 1.8 MB of data in 9 MB (docs/BENCHMARKS.md).
+        options.set_write_buffer_size(self.memtable_size);
+        // What a restart after kill -9 replays. The small column families (`meta` takes a few
+        // keys per checkpoint) rarely fill a memtable, and their oldest unflushed key keeps every
+        // log since alive: past this size RocksDB flushes the column families holding the oldest
+        // log, so it can go.
+        options.set_max_total_wal_size(self.wal_size);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(3);
@@ -145,8 +178,9 @@ impl StoreEnv {
             }
             if *name == CF_TRANSACTIONS {
                 // Most lookups are of new ids: a whole-key bloom filter answers them without
-                // walking the memtable's skip list.
-                cf_options.set_memtable_prefix_bloom_ratio(0.1);
+                // walking the memtable's skip list. Sized as a share of the memtable's capacity:
+                // about 16 bits per entry once full (an entry takes about 100 bytes).
+                cf_options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
                 cf_options.set_memtable_whole_key_filtering(true);
                 let (horizon, held) = (Arc::clone(&horizons.dedupe), Arc::clone(&horizons.dedupe_held));
                 let below = move || horizon.load(Ordering::Relaxed).min(held.load(Ordering::Relaxed));
@@ -1035,5 +1069,51 @@ mod tests {
         assert_eq!(seen, vec![("a".to_owned(), 1), ("b".to_owned(), 1)], "the scan's window is its checkpoint's");
         store.db.compact_range_cf(store.cf(CF_TRANSACTIONS), None::<&[u8]>, None::<&[u8]>);
         assert!(store.transaction("b", "t").unwrap().is_none(), "after the scan, compaction forgets them");
+    }
+
+    /// Bytes of write-ahead log files in a partition's directory.
+    fn wal_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn an_open_partition_takes_a_small_share_of_the_memtable_budget() {
+        // With RocksDB's default memtable size (64 MiB), from which the `transactions` bloom
+        // filter is sized, this took 1.3 MiB of the 4 MiB budget; now about 0.15 MiB.
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let mut cp = store.begin();
+        cp.put_transaction("a", "t1", &record(10));
+        cp.commit(1, 10).unwrap();
+        assert!(env.memtable_usage() < 1 << 20, "{} bytes of memtable for one transaction", env.memtable_usage());
+    }
+
+    #[test]
+    fn write_ahead_logs_stay_bounded_while_a_small_column_family_holds_the_oldest() {
+        // Every checkpoint writes `meta`, whose memtable never fills: without a bound on the
+        // logs, its oldest unflushed key kept every log since alive, and a restart replayed them.
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let mut written = 0;
+        for checkpoint in 0..80_i64 {
+            let mut cp = store.begin();
+            for i in 0..1_000 {
+                let id = format!("{checkpoint}-{i}-{}", "x".repeat(64));
+                cp.put_transaction("a", &id, &record(10));
+                written += id.len() as u64;
+            }
+            cp.commit(checkpoint + 1, 10).unwrap();
+        }
+        let logs = wal_bytes(&env.partition_dir("transactions", 0));
+        // The bound (an eighth of the 4 MiB budget) plus the log being written (at most about one
+        // memtable, a quarter of the budget).
+        assert!(written > 5 << 20 && logs < 2 << 20, "{logs} bytes of logs after writing {written}");
     }
 }
