@@ -4,7 +4,8 @@
 //! - `watch`: follows a running ledgerd's metrics until every record is checkpointed;
 //! - `verify`: compares ledgerd's balances with the expected file (a fast wrong answer fails);
 //! - `engine`: the engine's ceiling without a broker: records from memory through decode, apply
-//!   and checkpoint on one thread;
+//!   and checkpoint on one thread, with each record's time split into the three and the CPU of
+//!   every thread (RocksDB's flushes and compactions) per million records;
 //! - `targets`: splits the accounts into those an instance serves itself and those it forwards
 //!   (`scripts/bench-api.sh` loads each list into wrk);
 //! - `recovery`: runs ledgerd, kills it with SIGKILL part-way through a catch-up, starts it again
