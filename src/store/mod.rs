@@ -46,7 +46,7 @@ pub enum StoreError {
 const MEMTABLE_SHARE: usize = 4;
 
 /// One partition's write-ahead logs may hold at most this share of `state.write_buffer_size`.
-const WAL_SHARE: u64 = 8;
+const WAL_SHARE: usize = 8;
 
 /// Bytes of memtable bloom filter per byte of memtable capacity, for `transactions`.
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
@@ -56,10 +56,9 @@ pub struct StoreEnv {
     root: PathBuf,
     cache: Cache,
     write_buffers: WriteBufferManager,
-    /// The most one memtable may hold (see [`MEMTABLE_SHARE`]).
-    memtable_size: usize,
-    /// The most write-ahead log one partition keeps (see [`WAL_SHARE`]).
-    wal_size: u64,
+    /// `state.write_buffer_size`: the shared memtable budget, which also sizes one memtable
+    /// ([`MEMTABLE_SHARE`]) and one partition's write-ahead logs ([`WAL_SHARE`]).
+    write_buffer_size: usize,
     /// `state.history_retention` in micros; 0 keeps all history.
     history_retention_micros: i64,
 }
@@ -82,14 +81,11 @@ impl StoreEnv {
             cache.clone(),
         );
         let history_retention_micros = i64::try_from(config.history_retention.as_micros()).unwrap_or(i64::MAX);
-        let memtable_size = config.write_buffer_size.0 as usize / MEMTABLE_SHARE;
-        let wal_size = config.write_buffer_size.0 / WAL_SHARE;
         Ok(StoreEnv {
             root: config.dir.clone(),
             cache,
             write_buffers,
-            memtable_size,
-            wal_size,
+            write_buffer_size: config.write_buffer_size.0 as usize,
             history_retention_micros,
         })
     }
@@ -142,12 +138,12 @@ impl StoreEnv {
         // `transactions` memtable's bloom filter (below): 6.4 MiB, counted in the memtable's
         // size. With twelve partitions the shared budget then flushed those memtables when they
         // held 1.8 MB of data in 9 MB (docs/BENCHMARKS.md).
-        options.set_write_buffer_size(self.memtable_size);
+        options.set_write_buffer_size(self.write_buffer_size / MEMTABLE_SHARE);
         // What a restart after kill -9 replays. The small column families (`meta` takes a few
         // keys per checkpoint) rarely fill a memtable, and their oldest unflushed key keeps every
         // log since alive: past this size RocksDB flushes the column families holding the oldest
         // log, so it can go.
-        options.set_max_total_wal_size(self.wal_size);
+        options.set_max_total_wal_size((self.write_buffer_size / WAL_SHARE) as u64);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(3);
