@@ -67,6 +67,7 @@ async fn prometheus_sees_the_workloads_applied_duplicate_and_dead_lettered_count
     for positive in [
         "ledgerd_rocksdb_block_cache_usage_bytes",
         "ledgerd_rocksdb_memtable_usage_bytes",
+        "ledgerd_state_key_filter_bytes",
         "ledgerd_state_disk_usage_bytes",
         "process_resident_memory_bytes",
     ] {

@@ -18,6 +18,8 @@ pub(super) struct ScrapeTime {
     block_cache: IntGauge,
     block_cache_pinned: IntGauge,
     memtables: IntGauge,
+    key_filters: IntGauge,
+    key_filters_loading: IntGauge,
     disk: IntGauge,
     lag: IntGaugeVec,
     /// Read, not exposed here: registered on their own.
@@ -57,6 +59,14 @@ impl ScrapeTime {
                 "ledgerd_rocksdb_memtable_usage_bytes",
                 "Bytes of memtables across every partition's RocksDB (bounded by state.write_buffer_size, charged to the block cache).",
             ),
+            key_filters: gauge(
+                "ledgerd_state_key_filter_bytes",
+                "Bytes of the in-memory filters that answer lookups of absent balances and transaction ids without reading RocksDB (about 1.5 bytes per balance and per remembered transaction id), over the owned partitions.",
+            ),
+            key_filters_loading: gauge(
+                "ledgerd_state_key_filters_loading",
+                "Owned partitions whose key filters are still being filled with the keys their state held when opened (their lookups read RocksDB meanwhile). One that stays up logged why its filters were not loaded.",
+            ),
             disk: gauge(
                 "ledgerd_state_disk_usage_bytes",
                 "Disk space allocated to files under state.dir: every partition's RocksDB, and state set aside or awaiting deletion.",
@@ -75,18 +85,34 @@ impl ScrapeTime {
         }
     }
 
+    fn gauges(&self) -> [&IntGauge; 7] {
+        [
+            &self.ready,
+            &self.block_cache,
+            &self.block_cache_pinned,
+            &self.memtables,
+            &self.key_filters,
+            &self.key_filters_loading,
+            &self.disk,
+        ]
+    }
+
     pub(super) fn watch(&self, registry: Weak<PartitionRegistry>, env: Weak<StoreEnv>) {
         self.watched.lock().unwrap_or_else(|e| e.into_inner()).replace(Watched { registry, env });
     }
 
     fn refresh(&self, watched: Option<&Watched>) {
         let registry = watched.and_then(|w| w.registry.upgrade());
-        self.ready.set(i64::from(registry.is_some_and(|r| r.is_ready())));
+        self.ready.set(i64::from(registry.as_ref().is_some_and(|r| r.is_ready())));
         let env = watched.and_then(|w| w.env.upgrade());
         let bytes = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.block_cache.set(env.as_ref().map_or(0, |e| bytes(e.cache_usage())));
         self.block_cache_pinned.set(env.as_ref().map_or(0, |e| bytes(e.cache_pinned_usage())));
         self.memtables.set(env.as_ref().map_or(0, |e| bytes(e.memtable_usage())));
+        let stores = registry.as_ref().map(|r| r.stores()).unwrap_or_default();
+        self.key_filters.set(bytes(stores.iter().map(|(_, store)| store.key_filter_bytes()).sum()));
+        let loading = stores.iter().filter(|(_, store)| !store.key_filters_loaded()).count();
+        self.key_filters_loading.set(i64::try_from(loading).unwrap_or(i64::MAX));
         let disk = env.as_ref().map_or(0, |e| disk_usage(e.root()));
         self.disk.set(i64::try_from(disk).unwrap_or(i64::MAX));
 
@@ -106,7 +132,7 @@ impl ScrapeTime {
 impl Collector for ScrapeTime {
     fn desc(&self) -> Vec<&Desc> {
         let mut descs = Vec::new();
-        for gauge in [&self.ready, &self.block_cache, &self.block_cache_pinned, &self.memtables, &self.disk] {
+        for gauge in self.gauges() {
             descs.extend(gauge.desc());
         }
         descs.extend(self.lag.desc());
@@ -117,7 +143,7 @@ impl Collector for ScrapeTime {
         let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(watched.as_ref());
         let mut families = Vec::new();
-        for gauge in [&self.ready, &self.block_cache, &self.block_cache_pinned, &self.memtables, &self.disk] {
+        for gauge in self.gauges() {
             families.extend(gauge.collect());
         }
         families.extend(self.lag.collect());
