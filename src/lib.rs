@@ -6,7 +6,7 @@
 //! - [`ledger`]: domain rules — exact money, events, the balance reducer. No Kafka, no RocksDB.
 //! - [`kafka`]: topic setup, the consumer-group thread and its rebalance bridge, the dead-letter producer.
 //! - [`partition`]: one owned partition — apply records, build atomic checkpoints.
-//! - [`store`]: per-partition RocksDB state; the only module that imports `rocksdb`.
+//! - [`store`]: per-partition RocksDB state and filters of its keys; the only module that imports `rocksdb`.
 //! - [`snapshot`]: balance snapshots on a log-compacted topic, and exact restores from them.
 //! - [`registry`]: which partitions this instance owns, shared with the API.
 //! - [`routing`]: which instance serves which partition (announcements, the producers' partitioner).
