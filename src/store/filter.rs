@@ -24,7 +24,7 @@ use std::hash::BuildHasher;
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 /// About 1% of absent keys are taken for present with 12 bits per key and 8 bits set per key.
@@ -136,6 +136,8 @@ struct Filter {
 pub(super) struct KeyFilter {
     hasher: RandomState,
     filter: Mutex<Filter>,
+    /// Signalled once `loaded` is set.
+    load_done: Condvar,
     /// Lookups answered "absent" without reading RocksDB (tests check the filter is in the way).
     #[cfg(test)]
     absent_answers: AtomicU64,
@@ -146,6 +148,7 @@ impl KeyFilter {
         KeyFilter {
             hasher: RandomState::default(),
             filter: Mutex::new(Filter { loaded: false, generations: Generations::new(FIRST_CAPACITY) }),
+            load_done: Condvar::new(),
             #[cfg(test)]
             absent_answers: AtomicU64::new(0),
         }
@@ -204,10 +207,19 @@ impl KeyFilter {
         filter.generations.list = loaded.list;
         filter.generations.list.extend(added);
         filter.loaded = true;
+        self.load_done.notify_all();
     }
 
     pub(super) fn is_loaded(&self) -> bool {
         self.lock().loaded
+    }
+
+    /// Waits up to `timeout` for the loader; true once loaded.
+    #[cfg(test)]
+    pub(super) fn wait_until_loaded(&self, timeout: std::time::Duration) -> bool {
+        let filter = self.lock();
+        let waited = self.load_done.wait_timeout_while(filter, timeout, |filter| !filter.loaded);
+        waited.unwrap_or_else(PoisonError::into_inner).0.loaded
     }
 
     pub(super) fn bytes(&self) -> usize {

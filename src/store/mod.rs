@@ -1138,11 +1138,9 @@ mod tests {
     }
 
     fn wait_for_key_filters(store: &PartitionStore) {
-        let started = std::time::Instant::now();
-        while !store.key_filters_loaded() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "key filters not loaded");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let timeout = std::time::Duration::from_secs(10);
+        let filters = [&store.filters.balances, &store.filters.transactions];
+        assert!(filters.iter().all(|filter| filter.wait_until_loaded(timeout)), "key filters not loaded");
     }
 
     #[test]
