@@ -1,71 +1,201 @@
 //! The uncheckpointed changes of a partition, and the reducer's view: overlay first, store second.
+//!
+//! The overlay is flat: account ids and transaction ids live in two string arenas, accounts,
+//! history entries and transactions in three vectors, and two hash tables index them by
+//! position. A batch therefore allocates a handful of growing buffers instead of several small
+//! objects per record, and writing it walks contiguous memory. With many accounts nearly every
+//! record is its account's only one in the batch; the earlier map of per-account maps and vectors
+//! spent most of the checkpoint building, walking and dropping those (docs/BENCHMARKS.md).
 
 use crate::ledger::{Amount, Currency, HistoryEntry, LedgerState, TransactionRecord};
 use crate::store::{Checkpoint, PartitionStore, StoreError};
-// foldhash instead of std's SipHash: these maps are looked up several times per record. Its seed is
+use std::hash::BuildHasher;
+// foldhash instead of std's SipHash: these tables are probed several times per record. Its seed is
 // random per process, so crafted account or transaction ids cannot aim at collisions.
-use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 
-/// Changes of one account since the last checkpoint.
-#[derive(Default)]
-struct AccountChanges {
-    /// Few currencies per account: a small vector beats a map.
-    balances: Vec<(Currency, Amount)>,
-    transactions: HashMap<String, TransactionRecord>,
-    /// What became of each of the account's records, in offset order.
-    history: Vec<HistoryEntry>,
+/// One account touched by the batch.
+struct Account {
+    /// Where its id starts in `Overlay::account_ids`.
+    id_start: usize,
+    id_len: usize,
+    /// Accounts rarely hold more than one currency: the first balance is kept inline.
+    first_balance: Option<(Currency, Amount)>,
+    other_balances: Vec<(Currency, Amount)>,
 }
 
-/// Changes since the last checkpoint, keyed by account.
+/// One transaction remembered by the batch.
+struct Transaction {
+    account: u32,
+    /// Where its id starts in `Overlay::transaction_ids`.
+    id_start: usize,
+    id_len: usize,
+    record: TransactionRecord,
+}
+
+/// Changes since the last checkpoint.
 #[derive(Default)]
 pub(super) struct Overlay {
-    accounts: HashMap<String, AccountChanges>,
+    hasher: RandomState,
+    account_ids: String,
+    accounts: Vec<Account>,
+    /// Positions in `accounts`, hashed by account id.
+    account_index: HashTable<u32>,
+    /// What became of each record, with its account's position, in offset order.
+    history: Vec<(u32, HistoryEntry)>,
+    transaction_ids: String,
+    transactions: Vec<Transaction>,
+    /// Positions in `transactions`, hashed by (account position, transaction id).
+    transaction_index: HashTable<u32>,
 }
 
 impl Overlay {
-    fn account_mut(&mut self, account: &str) -> &mut AccountChanges {
-        // Look up by &str first so the common case (account already present) allocates nothing.
-        if !self.accounts.contains_key(account) {
-            self.accounts.insert(account.to_owned(), AccountChanges::default());
+    fn account_id(&self, account: u32) -> &str {
+        let account = &self.accounts[account as usize];
+        &self.account_ids[account.id_start..account.id_start + account.id_len]
+    }
+
+    fn transaction_id(&self, transaction: &Transaction) -> &str {
+        &self.transaction_ids[transaction.id_start..transaction.id_start + transaction.id_len]
+    }
+
+    fn find_account(&self, account: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(account);
+        self.account_index.find(hash, |&position| self.account_id(position) == account).copied()
+    }
+
+    /// The account's position, added if the batch has not touched it yet.
+    fn account_position(&mut self, account: &str) -> u32 {
+        if let Some(position) = self.find_account(account) {
+            return position;
         }
-        self.accounts.get_mut(account).expect("inserted above")
+        let position = u32::try_from(self.accounts.len()).expect("a batch holds fewer than 2^32 accounts");
+        self.accounts.push(Account {
+            id_start: self.account_ids.len(),
+            id_len: account.len(),
+            first_balance: None,
+            other_balances: Vec::new(),
+        });
+        self.account_ids.push_str(account);
+        let Overlay { hasher, account_ids, accounts, account_index, .. } = self;
+        let hash = hasher.hash_one(account);
+        account_index.insert_unique(hash, position, |&existing| {
+            let existing = &accounts[existing as usize];
+            hasher.hash_one(&account_ids[existing.id_start..existing.id_start + existing.id_len])
+        });
+        position
+    }
+
+    fn find_transaction(&self, account: u32, transaction_id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one((account, transaction_id));
+        self.transaction_index
+            .find(hash, |&position| {
+                let transaction = &self.transactions[position as usize];
+                transaction.account == account && self.transaction_id(transaction) == transaction_id
+            })
+            .copied()
     }
 
     fn balance(&self, account: &str, currency: Currency) -> Option<Amount> {
-        let changes = self.accounts.get(account)?;
-        changes.balances.iter().find(|(c, _)| *c == currency).map(|(_, balance)| *balance)
+        let account = &self.accounts[self.find_account(account)? as usize];
+        match account.first_balance {
+            Some((c, balance)) if c == currency => Some(balance),
+            _ => account.other_balances.iter().find(|(c, _)| *c == currency).map(|(_, balance)| *balance),
+        }
+    }
+
+    fn set_balance(&mut self, account: &str, currency: Currency, balance: Amount) {
+        let position = self.account_position(account);
+        let account = &mut self.accounts[position as usize];
+        match &mut account.first_balance {
+            None => account.first_balance = Some((currency, balance)),
+            Some((c, first)) if *c == currency => *first = balance,
+            Some(_) => match account.other_balances.iter_mut().find(|(c, _)| *c == currency) {
+                Some(entry) => entry.1 = balance,
+                None => account.other_balances.push((currency, balance)),
+            },
+        }
     }
 
     fn transaction(&self, account: &str, transaction_id: &str) -> Option<&TransactionRecord> {
-        self.accounts.get(account)?.transactions.get(transaction_id)
+        let position = self.find_transaction(self.find_account(account)?, transaction_id)?;
+        Some(&self.transactions[position as usize].record)
+    }
+
+    fn put_transaction(&mut self, account: &str, transaction_id: &str, record: TransactionRecord) {
+        let account = self.account_position(account);
+        if let Some(position) = self.find_transaction(account, transaction_id) {
+            self.transactions[position as usize].record = record;
+            return;
+        }
+        let position = u32::try_from(self.transactions.len()).expect("a batch holds fewer than 2^32 transactions");
+        self.transactions.push(Transaction {
+            account,
+            id_start: self.transaction_ids.len(),
+            id_len: transaction_id.len(),
+            record,
+        });
+        self.transaction_ids.push_str(transaction_id);
+        let Overlay { hasher, transaction_ids, transactions, transaction_index, .. } = self;
+        let hash = hasher.hash_one((account, transaction_id));
+        transaction_index.insert_unique(hash, position, |&existing| {
+            let existing = &transactions[existing as usize];
+            let id = &transaction_ids[existing.id_start..existing.id_start + existing.id_len];
+            hasher.hash_one((existing.account, id))
+        });
     }
 
     pub(super) fn push_history(&mut self, account: &str, entry: HistoryEntry) {
-        self.account_mut(account).history.push(entry);
+        let account = self.account_position(account);
+        self.history.push((account, entry));
     }
 
     /// Adds the changes to `batch`, which will be committed with `next_offset` and `watermark_micros`.
     ///
-    /// In key order (accounts as their length-prefixed keys sort, then ids), not hash order: each
-    /// memtable's skip list then finds every insert's place next to the one before instead of
-    /// searching from the top, which made the inserts cheaper (measured in docs/BENCHMARKS.md).
+    /// In key order within each column family (accounts as their length-prefixed keys sort, then
+    /// offsets or ids), not in the order the batch saw them: each memtable's skip list then finds
+    /// every insert's place next to the one before instead of searching from the top, which made
+    /// the inserts cheaper (measured in docs/BENCHMARKS.md).
     pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64, watermark_micros: i64) {
-        let mut accounts: Vec<(&String, &AccountChanges)> = self.accounts.iter().collect();
-        accounts.sort_unstable_by(|(a, _), (b, _)| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
-        let mut transactions = Vec::new();
-        for (account, changes) in accounts {
-            for entry in &changes.history {
-                batch.put_history(account, entry, watermark_micros);
+        let mut in_key_order: Vec<u32> = (0..self.accounts.len() as u32).collect();
+        in_key_order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (self.account_id(a), self.account_id(b));
+            (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()))
+        });
+        let mut rank = vec![0u32; self.accounts.len()];
+        for (account_rank, &account) in in_key_order.iter().enumerate() {
+            rank[account as usize] = account_rank as u32;
+        }
+
+        // Entries were pushed in offset order, so (rank, position) orders them by account, then offset.
+        let mut history: Vec<u64> = (self.history.iter().enumerate())
+            .map(|(position, (account, _))| (u64::from(rank[*account as usize]) << 32) | position as u64)
+            .collect();
+        history.sort_unstable();
+        for rank_and_position in history {
+            let (account, entry) = &self.history[rank_and_position as u32 as usize];
+            batch.put_history(self.account_id(*account), entry, watermark_micros);
+        }
+
+        for &position in &in_key_order {
+            let account = &self.accounts[position as usize];
+            let id = self.account_id(position);
+            for (currency, balance) in account.first_balance.iter().chain(&account.other_balances) {
+                batch.put_balance(id, *currency, *balance, next_offset);
             }
-            for (currency, balance) in &changes.balances {
-                batch.put_balance(account, *currency, *balance, next_offset);
-            }
-            transactions.clear();
-            transactions.extend(&changes.transactions);
-            transactions.sort_unstable_by_key(|(id, _)| *id);
-            for (id, record) in &transactions {
-                batch.put_transaction(account, id, record);
-            }
+        }
+
+        let mut transactions: Vec<&Transaction> = self.transactions.iter().collect();
+        transactions.sort_unstable_by(|a, b| {
+            (rank[a.account as usize], self.transaction_id(a)).cmp(&(rank[b.account as usize], self.transaction_id(b)))
+        });
+        for transaction in transactions {
+            batch.put_transaction(
+                self.account_id(transaction.account),
+                self.transaction_id(transaction),
+                &transaction.record,
+            );
         }
     }
 }
@@ -106,14 +236,102 @@ impl LedgerState for View<'_> {
     }
 
     fn set_balance(&mut self, account: &str, currency: Currency, balance: Amount) {
-        let balances = &mut self.overlay.account_mut(account).balances;
-        match balances.iter_mut().find(|(c, _)| *c == currency) {
-            Some(entry) => entry.1 = balance,
-            None => balances.push((currency, balance)),
-        }
+        self.overlay.set_balance(account, currency, balance);
     }
 
     fn put_transaction(&mut self, account: &str, transaction_id: &str, record: TransactionRecord) {
-        self.overlay.account_mut(account).transactions.insert(transaction_id.to_owned(), record);
+        self.overlay.put_transaction(account, transaction_id, record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{EventKind, HistoryOutcome};
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    fn amount(text: &str) -> Amount {
+        Amount::parse(text).unwrap()
+    }
+
+    fn record(delta: &str, event_time_micros: i64) -> TransactionRecord {
+        TransactionRecord {
+            kind: EventKind::Deposit,
+            delta: amount(delta),
+            currency: usd(),
+            event_time_micros,
+            reverses: None,
+            reversed: false,
+        }
+    }
+
+    #[test]
+    fn balances_are_kept_per_account_and_currency() {
+        let mut overlay = Overlay::default();
+        overlay.set_balance("a", usd(), amount("1.10"));
+        overlay.set_balance("a", eur(), amount("2"));
+        overlay.set_balance("b", usd(), amount("3"));
+        overlay.set_balance("a", usd(), amount("4.25"));
+        overlay.set_balance("a", eur(), amount("5"));
+
+        assert_eq!(overlay.balance("a", usd()), Some(amount("4.25")));
+        assert_eq!(overlay.balance("a", eur()), Some(amount("5")));
+        assert_eq!(overlay.balance("b", usd()), Some(amount("3")));
+        assert_eq!(overlay.balance("b", eur()), None);
+        assert_eq!(overlay.balance("c", usd()), None);
+        // "ab" must not be found as "a" followed by "b" in the arena.
+        assert_eq!(overlay.balance("ab", usd()), None);
+    }
+
+    #[test]
+    fn a_transaction_id_belongs_to_its_account_and_a_second_put_replaces_the_first() {
+        let mut overlay = Overlay::default();
+        overlay.put_transaction("a", "t1", record("1", 10));
+        overlay.put_transaction("b", "t1", record("2", 20));
+        overlay.put_transaction("a", "t1", TransactionRecord { reversed: true, ..record("1", 10) });
+
+        assert!(overlay.transaction("a", "t1").unwrap().reversed);
+        assert_eq!(overlay.transaction("b", "t1").unwrap().delta, amount("2"));
+        assert!(overlay.transaction("a", "t2").is_none());
+        assert!(overlay.transaction("c", "t1").is_none());
+        assert_eq!(overlay.transactions.len(), 2);
+    }
+
+    #[test]
+    fn many_accounts_and_transactions_are_all_found_again() {
+        let mut overlay = Overlay::default();
+        for i in 0..5_000 {
+            let account = format!("account-{}", i % 1_700);
+            overlay.put_transaction(&account, &format!("t{i}"), record(&i.to_string(), i));
+            overlay.set_balance(&account, usd(), amount(&i.to_string()));
+            overlay.push_history(
+                &account,
+                HistoryEntry {
+                    offset: i,
+                    outcome: HistoryOutcome::Applied,
+                    transaction_id: format!("t{i}"),
+                    kind: Some(EventKind::Deposit),
+                    effect: None,
+                    event_time_micros: Some(i),
+                    reverses: None,
+                    reason: None,
+                },
+            );
+        }
+        assert_eq!(overlay.accounts.len(), 1_700);
+        for i in 0..5_000 {
+            let account = format!("account-{}", i % 1_700);
+            assert_eq!(overlay.transaction(&account, &format!("t{i}")).unwrap().delta, amount(&i.to_string()));
+        }
+        for i in 3_300..5_000 {
+            assert_eq!(overlay.balance(&format!("account-{}", i % 1_700), usd()), Some(amount(&i.to_string())));
+        }
     }
 }
