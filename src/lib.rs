@@ -4,7 +4,8 @@
 //! - [`config`]: the strict, documented configuration (TOML + `LEDGERD_*` environment overrides).
 //! - [`input`]: record bytes (JSON or protobuf) to validated events.
 //! - [`ledger`]: domain rules — exact money, events, the balance reducer. No Kafka, no RocksDB.
-//! - [`kafka`]: topic setup, the consumer-group thread and its rebalance bridge, the dead-letter producer.
+//! - [`kafka`]: topic setup, the consumer-group thread and its rebalance bridge, the dead-letter producer,
+//!   and the producer type every producer uses (delivery reports served by a thread that parks when idle).
 //! - [`partition`]: one owned partition — apply records, build atomic checkpoints.
 //! - [`store`]: per-partition RocksDB state and filters of its keys; the only module that imports `rocksdb`.
 //! - [`snapshot`]: balance snapshots on a log-compacted topic, and exact restores from them.

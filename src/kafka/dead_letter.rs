@@ -7,6 +7,7 @@
 //! topic's latency delays durability, not throughput. After a crash a copy may be sent twice:
 //! consumers can dedupe on the topic/partition/offset headers.
 
+use super::producer::{DeliveryFuture, PolledProducer};
 use super::topics::TopicGate;
 use super::{client_config, KafkaContext};
 use crate::config::KafkaConfig;
@@ -15,7 +16,7 @@ use crate::metrics::{ErrorKind, Metrics};
 use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ pub struct PendingLetter {
 }
 
 pub struct DeadLetterProducer {
-    producer: FutureProducer<KafkaContext>,
+    producer: PolledProducer,
     topic: String,
     /// The dead-letter topic's partition count, once start-up has checked it: copies of partition p
     /// go to p when it exists.
@@ -64,7 +65,8 @@ impl DeadLetterProducer {
         context: KafkaContext,
     ) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
-        let producer = client_config(config)
+        let mut client = client_config(config);
+        client
             // acks=all: acknowledged means replicated. Not idempotent: the topic is at-least-once
             // anyway (copies are re-sent after a crash; dedupe on the source headers), and an
             // idempotent producer allows only 5 requests in flight per partition, at which cap
@@ -76,8 +78,8 @@ impl DeadLetterProducer {
             // costs no throughput and keeps the request count, and the broker's load, low.
             .set("linger.ms", "50")
             // Fail a send after 30s so the retry loop below sees (and logs) a broker outage.
-            .set("message.timeout.ms", "30000")
-            .create_with_context(context)?;
+            .set("message.timeout.ms", "30000");
+        let producer = PolledProducer::new(&client, context, "dlq-acks")?;
         Ok(DeadLetterProducer { producer, topic: config.dlq_topic.clone(), topics, shutdown, metrics })
     }
 

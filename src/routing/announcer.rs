@@ -3,11 +3,12 @@
 
 use super::{now_ms, Announcement, Directory};
 use crate::config::Config;
+use crate::kafka::producer::{DeliveryFuture, PolledProducer};
 use crate::kafka::{client_config, KafkaContext};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::PartitionRegistry;
 use futures::FutureExt;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,7 @@ pub struct Identity {
 }
 
 pub struct Announcer {
-    producer: FutureProducer<KafkaContext>,
+    producer: PolledProducer,
     topic: String,
     input_topic: String,
     interval: Duration,
@@ -43,7 +44,8 @@ impl Announcer {
         directory: Arc<Directory>,
         metrics: Metrics,
     ) -> Result<Announcer, rdkafka::error::KafkaError> {
-        let producer = client_config(&config.kafka)
+        let mut client = client_config(&config.kafka);
+        client
             // Announcements are idempotent by content (the newest per instance wins), so the
             // producer need not be; acks=all keeps them through a leader change.
             .set("acks", "all")
@@ -53,8 +55,8 @@ impl Announcer {
             .set(
                 "message.timeout.ms",
                 (config.routing.announce_interval * 3).max(Duration::from_secs(30)).as_millis().to_string(),
-            )
-            .create_with_context(KafkaContext { metrics: metrics.clone() })?;
+            );
+        let producer = PolledProducer::new(&client, KafkaContext { metrics: metrics.clone() }, "routing-acks")?;
         Ok(Announcer {
             producer,
             topic: config.routing.topic.clone(),

@@ -8,11 +8,12 @@
 
 use super::round::{self, RoundError, SnapshotSink};
 use crate::config::Config;
+use crate::kafka::producer::{DeliveryFuture, PolledProducer};
 use crate::kafka::{client_config, KafkaContext};
 use crate::metrics::{ErrorKind, Metrics, SnapshotMetrics};
 use crate::registry::{PartitionHandle, PartitionRegistry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ fn rest_until(started: Instant, ended: Instant) -> Instant {
 
 /// Sends one partition's round to the snapshot topic's partition of the same number.
 struct KafkaSink<'a> {
-    producer: &'a FutureProducer<KafkaContext>,
+    producer: &'a PolledProducer,
     topic: &'a str,
     partition: i32,
     handle: &'a PartitionHandle,
@@ -115,7 +116,7 @@ pub struct SnapshotWriter {
     config: Arc<Config>,
     registry: Arc<PartitionRegistry>,
     metrics: Metrics,
-    producer: FutureProducer<KafkaContext>,
+    producer: PolledProducer,
     abort_after: std::sync::Mutex<Option<u64>>,
 }
 
@@ -135,7 +136,8 @@ impl SnapshotWriter {
     ) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
         let queue_kbytes = SNAPSHOT_QUEUE_KBYTES.max(2 * (config.snapshot.max_record_size.0 + 4096) / 1024);
-        let producer = client_config(&config.kafka)
+        let mut client = client_config(&config.kafka);
+        client
             // Idempotence + acks=all: retries never duplicate or reorder a partition's records,
             // which the restore argument relies on (a round's marker follows its records).
             .set("enable.idempotence", "true")
@@ -150,8 +152,8 @@ impl SnapshotWriter {
             // A round reads accounts from RocksDB far faster than the broker takes them: bound
             // what waits in librdkafka's queue (its default is 1 GiB) so a round over a million
             // accounts does not hold them all in memory; a full queue makes the round wait.
-            .set("queue.buffering.max.kbytes", queue_kbytes.to_string())
-            .create_with_context(context)?;
+            .set("queue.buffering.max.kbytes", queue_kbytes.to_string());
+        let producer = PolledProducer::new(&client, context, "snapshot-acks")?;
         let abort_after = std::env::var(ABORT_AFTER_RECORDS_VAR).ok().and_then(|v| v.parse().ok());
         Ok(SnapshotWriter { config, registry, metrics, producer, abort_after: std::sync::Mutex::new(abort_after) })
     }
