@@ -158,14 +158,15 @@ impl Overlay {
     /// every insert's place next to the one before instead of searching from the top, which made
     /// the inserts cheaper (measured in docs/BENCHMARKS.md).
     pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64, watermark_micros: i64) {
-        let mut in_key_order: Vec<u32> = (0..self.accounts.len() as u32).collect();
-        in_key_order.sort_unstable_by(|&a, &b| {
-            let (a, b) = (self.account_id(a), self.account_id(b));
-            (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()))
-        });
+        // Sorting works on small copies made in one pass, not on positions into `accounts` and
+        // `transactions`: by the time a batch is written its entries are cold, and comparisons
+        // that load them in random order were most of the time this function took (perf).
+        let mut in_key_order: Vec<(&str, u32)> =
+            (0..self.accounts.len() as u32).map(|position| (self.account_id(position), position)).collect();
+        in_key_order.sort_unstable_by(|(a, _), (b, _)| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
         let mut rank = vec![0u32; self.accounts.len()];
-        for (account_rank, &account) in in_key_order.iter().enumerate() {
-            rank[account as usize] = account_rank as u32;
+        for (account_rank, &(_, position)) in in_key_order.iter().enumerate() {
+            rank[position as usize] = account_rank as u32;
         }
 
         // Entries were pushed in offset order, so (rank, position) orders them by account, then offset.
@@ -174,28 +175,25 @@ impl Overlay {
             .collect();
         history.sort_unstable();
         for rank_and_position in history {
-            let (account, entry) = &self.history[rank_and_position as u32 as usize];
-            batch.put_history(self.account_id(*account), entry, watermark_micros);
+            let (_, entry) = &self.history[rank_and_position as u32 as usize];
+            let (id, _) = in_key_order[(rank_and_position >> 32) as usize];
+            batch.put_history(id, entry, watermark_micros);
         }
 
-        for &position in &in_key_order {
+        for &(id, position) in &in_key_order {
             let account = &self.accounts[position as usize];
-            let id = self.account_id(position);
             for (currency, balance) in account.first_balance.iter().chain(&account.other_balances) {
                 batch.put_balance(id, *currency, *balance, next_offset);
             }
         }
 
-        let mut transactions: Vec<&Transaction> = self.transactions.iter().collect();
-        transactions.sort_unstable_by(|a, b| {
-            (rank[a.account as usize], self.transaction_id(a)).cmp(&(rank[b.account as usize], self.transaction_id(b)))
-        });
-        for transaction in transactions {
-            batch.put_transaction(
-                self.account_id(transaction.account),
-                self.transaction_id(transaction),
-                &transaction.record,
-            );
+        let mut transactions: Vec<(u32, &str, u32)> = (self.transactions.iter().enumerate())
+            .map(|(position, t)| (rank[t.account as usize], self.transaction_id(t), position as u32))
+            .collect();
+        transactions.sort_unstable();
+        for (account_rank, transaction_id, position) in transactions {
+            let (account_id, _) = in_key_order[account_rank as usize];
+            batch.put_transaction(account_id, transaction_id, &self.transactions[position as usize].record);
         }
     }
 }
