@@ -145,8 +145,7 @@ impl DeadLetterProducer {
             if let Some(partition) = letter.partition {
                 record = record.partition(partition);
             }
-            // The refused record borrows the letter: drop it before the letter may change.
-            match self.producer.send_result(record).map_err(|(e, _)| e) {
+            match self.producer.send(record) {
                 Ok(delivery) => return delivery,
                 // The local queue is full: librdkafka drains it in the background.
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {

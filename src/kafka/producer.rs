@@ -10,6 +10,7 @@
 //! flight, for [`IDLE_PERIOD`] (or until the next send wakes it) while none are.
 
 use super::KafkaContext;
+use crate::metrics::ErrorKind;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -34,7 +35,7 @@ const IDLE_PERIOD: Duration = Duration::from_millis(100);
 
 /// Completes a send's [`DeliveryFuture`] from its delivery report.
 #[derive(Clone)]
-pub struct DeliveryContext(KafkaContext);
+struct DeliveryContext(KafkaContext);
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -122,13 +123,9 @@ impl PolledProducer {
         Ok(PolledProducer { shared, delivery_thread: Some(delivery_thread) })
     }
 
-    /// Queues `record` for sending. On error the record is handed back, as by
-    /// [`rdkafka::producer::FutureProducer::send_result`].
-    #[allow(clippy::result_large_err)]
-    pub fn send_result<'a, K, P>(
-        &self,
-        record: FutureRecord<'a, K, P>,
-    ) -> Result<DeliveryFuture, (KafkaError, FutureRecord<'a, K, P>)>
+    /// Queues `record` for sending. Unlike rust-rdkafka's `send_result`, a refused record is not
+    /// handed back: every caller keeps what it sent and builds the record again.
+    pub fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<DeliveryFuture, KafkaError>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -143,39 +140,20 @@ impl PolledProducer {
             headers: record.headers,
             delivery_opaque: Box::new(reply),
         };
-        match self.shared.producer.send(base) {
-            Ok(()) => {
-                // SeqCst pairs with the delivery thread's store of `idle` before it looks at the
-                // in-flight count: either it sees this message or this send sees it idle.
-                if self.shared.idle.load(Ordering::SeqCst) {
-                    if let Some(thread) = &self.delivery_thread {
-                        thread.thread().unpark();
-                    }
-                }
-                Ok(DeliveryFuture(delivery))
+        self.shared.producer.send(base).map_err(|(error, _)| error)?;
+        // SeqCst pairs with the delivery thread's store of `idle` before it looks at the in-flight
+        // count: either it sees this message or this send sees it idle.
+        if self.shared.idle.load(Ordering::SeqCst) {
+            if let Some(thread) = &self.delivery_thread {
+                thread.thread().unpark();
             }
-            Err((error, base)) => Err((
-                error,
-                FutureRecord {
-                    topic: base.topic,
-                    partition: base.partition,
-                    payload: base.payload,
-                    key: base.key,
-                    timestamp: base.timestamp,
-                    headers: base.headers,
-                },
-            )),
         }
+        Ok(DeliveryFuture(delivery))
     }
 
     /// Waits up to `timeout` for every queued message to be delivered (or to fail).
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.shared.producer.flush(timeout)
-    }
-
-    /// Messages queued or in flight whose delivery report was not served yet.
-    pub fn in_flight_count(&self) -> i32 {
-        self.shared.producer.in_flight_count()
     }
 }
 
@@ -185,7 +163,8 @@ impl Drop for PolledProducer {
         if let Some(thread) = self.delivery_thread.take() {
             thread.thread().unpark();
             if thread.join().is_err() {
-                tracing::error!("a producer's delivery thread panicked");
+                let metrics = &self.shared.producer.context().0.metrics;
+                metrics.handled_error(ErrorKind::KafkaClient, &"a producer's delivery thread panicked");
             }
         }
     }
@@ -200,12 +179,10 @@ fn serve_deliveries(shared: &Shared) {
         let mut in_flight = shared.producer.in_flight_count();
         loop {
             shared.producer.poll(Duration::ZERO);
-            let now = shared.producer.in_flight_count();
-            if now >= in_flight || now == 0 {
-                in_flight = now;
+            let before = std::mem::replace(&mut in_flight, shared.producer.in_flight_count());
+            if in_flight == 0 || in_flight >= before {
                 break;
             }
-            in_flight = now;
         }
         if in_flight > 0 {
             thread::park_timeout(BUSY_PERIOD);
@@ -236,6 +213,15 @@ mod tests {
         PolledProducer::with_idle_period(&config, context, "test-deliveries", TEST_IDLE_PERIOD).unwrap()
     }
 
+    /// Waits (up to 10 s) until the delivery thread is in its idle park.
+    fn wait_until_idle(producer: &PolledProducer) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !producer.shared.idle.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the delivery thread never went idle");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn every_send_is_reported_delivered_at_its_offset() {
         let cluster = MockCluster::new(1).unwrap();
@@ -244,17 +230,14 @@ mod tests {
         let deliveries: Vec<DeliveryFuture> = (0..500)
             .map(|i| {
                 let payload = format!("message {i}");
-                producer
-                    .send_result(FutureRecord::<(), _>::to("reports").payload(&payload))
-                    .map_err(|(e, _)| e)
-                    .unwrap()
+                producer.send(FutureRecord::<(), _>::to("reports").payload(&payload)).unwrap()
             })
             .collect();
         for (i, delivery) in deliveries.into_iter().enumerate() {
             let delivered = futures::executor::block_on(delivery).unwrap().unwrap();
             assert_eq!((delivered.partition, delivered.offset), (0, i as i64));
         }
-        assert_eq!(producer.in_flight_count(), 0);
+        assert_eq!(producer.shared.producer.in_flight_count(), 0);
     }
 
     #[test]
@@ -262,13 +245,12 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("reports", 1, 1).unwrap();
         let producer = producer(&cluster.bootstrap_servers());
-        let first = producer.send_result(FutureRecord::<(), _>::to("reports").payload("warm-up")).map_err(|(e, _)| e);
+        let first = producer.send(FutureRecord::<(), _>::to("reports").payload("warm-up"));
         futures::executor::block_on(first.unwrap()).unwrap().unwrap();
         for _ in 0..3 {
-            // Let the delivery thread settle into its idle park.
-            thread::sleep(Duration::from_millis(200));
+            wait_until_idle(&producer);
             let sent = Instant::now();
-            let delivery = producer.send_result(FutureRecord::<(), _>::to("reports").payload("x")).map_err(|(e, _)| e);
+            let delivery = producer.send(FutureRecord::<(), _>::to("reports").payload("x"));
             futures::executor::block_on(delivery.unwrap()).unwrap().unwrap();
             // Woken by the send: waiting out the idle park would take 30 s.
             assert!(sent.elapsed() < TEST_IDLE_PERIOD / 3, "the delivery report took {:?}", sent.elapsed());
@@ -281,7 +263,7 @@ mod tests {
         let producer = producer(&cluster.bootstrap_servers());
         let thread = producer.delivery_thread.as_ref().unwrap().thread().clone();
         assert_eq!(thread.name(), Some("test-deliveries"));
-        thread::sleep(Duration::from_millis(200));
+        wait_until_idle(&producer);
         let started = Instant::now();
         drop(producer);
         // Woken from its idle park, not waited out.

@@ -15,11 +15,30 @@ use std::hash::BuildHasher;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
+/// Where an id lies in one of the overlay's string arenas.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    /// Appends `text` to `arena` and returns where it went.
+    fn push(arena: &mut String, text: &str) -> Span {
+        let span = Span { start: arena.len(), len: text.len() };
+        arena.push_str(text);
+        span
+    }
+
+    fn of(self, arena: &str) -> &str {
+        &arena[self.start..self.start + self.len]
+    }
+}
+
 /// One account touched by the batch.
 struct Account {
-    /// Where its id starts in `Overlay::account_ids`.
-    id_start: usize,
-    id_len: usize,
+    /// Its id, in `Overlay::account_ids`.
+    id: Span,
     /// Accounts rarely hold more than one currency: the first balance is kept inline.
     first_balance: Option<(Currency, Amount)>,
     other_balances: Vec<(Currency, Amount)>,
@@ -28,9 +47,8 @@ struct Account {
 /// One transaction remembered by the batch.
 struct Transaction {
     account: u32,
-    /// Where its id starts in `Overlay::transaction_ids`.
-    id_start: usize,
-    id_len: usize,
+    /// Its id, in `Overlay::transaction_ids`.
+    id: Span,
     record: TransactionRecord,
 }
 
@@ -52,12 +70,11 @@ pub(super) struct Overlay {
 
 impl Overlay {
     fn account_id(&self, account: u32) -> &str {
-        let account = &self.accounts[account as usize];
-        &self.account_ids[account.id_start..account.id_start + account.id_len]
+        self.accounts[account as usize].id.of(&self.account_ids)
     }
 
     fn transaction_id(&self, transaction: &Transaction) -> &str {
-        &self.transaction_ids[transaction.id_start..transaction.id_start + transaction.id_len]
+        transaction.id.of(&self.transaction_ids)
     }
 
     fn find_account(&self, account: &str) -> Option<u32> {
@@ -71,18 +88,11 @@ impl Overlay {
             return position;
         }
         let position = u32::try_from(self.accounts.len()).expect("a batch holds fewer than 2^32 accounts");
-        self.accounts.push(Account {
-            id_start: self.account_ids.len(),
-            id_len: account.len(),
-            first_balance: None,
-            other_balances: Vec::new(),
-        });
-        self.account_ids.push_str(account);
+        let id = Span::push(&mut self.account_ids, account);
+        self.accounts.push(Account { id, first_balance: None, other_balances: Vec::new() });
         let Overlay { hasher, account_ids, accounts, account_index, .. } = self;
-        let hash = hasher.hash_one(account);
-        account_index.insert_unique(hash, position, |&existing| {
-            let existing = &accounts[existing as usize];
-            hasher.hash_one(&account_ids[existing.id_start..existing.id_start + existing.id_len])
+        account_index.insert_unique(hasher.hash_one(account), position, |&existing| {
+            hasher.hash_one(accounts[existing as usize].id.of(account_ids))
         });
         position
     }
@@ -130,19 +140,12 @@ impl Overlay {
             return;
         }
         let position = u32::try_from(self.transactions.len()).expect("a batch holds fewer than 2^32 transactions");
-        self.transactions.push(Transaction {
-            account,
-            id_start: self.transaction_ids.len(),
-            id_len: transaction_id.len(),
-            record,
-        });
-        self.transaction_ids.push_str(transaction_id);
+        let id = Span::push(&mut self.transaction_ids, transaction_id);
+        self.transactions.push(Transaction { account, id, record });
         let Overlay { hasher, transaction_ids, transactions, transaction_index, .. } = self;
-        let hash = hasher.hash_one((account, transaction_id));
-        transaction_index.insert_unique(hash, position, |&existing| {
+        transaction_index.insert_unique(hasher.hash_one((account, transaction_id)), position, |&existing| {
             let existing = &transactions[existing as usize];
-            let id = &transaction_ids[existing.id_start..existing.id_start + existing.id_len];
-            hasher.hash_one((existing.account, id))
+            hasher.hash_one((existing.account, existing.id.of(transaction_ids)))
         });
     }
 

@@ -118,9 +118,9 @@ impl Announcer {
         // This instance knows its own state first-hand, without the round trip.
         self.directory.learn(announcement);
         let record = FutureRecord::to(&self.topic).partition(0).key(&self.identity.instance_id).payload(&payload);
-        match self.producer.send_result(record) {
+        match self.producer.send(record) {
             Ok(delivery) => Some(delivery),
-            Err((e, _)) => {
+            Err(e) => {
                 // The next interval announces again.
                 self.metrics.handled_error(ErrorKind::Routing, &format_args!("cannot announce: {e}"));
                 None

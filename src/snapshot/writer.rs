@@ -63,16 +63,16 @@ impl SnapshotSink for KafkaSink<'_> {
     fn send(&mut self, key: &[u8], value: &[u8]) -> Result<(), KafkaError> {
         loop {
             let record = FutureRecord::to(self.topic).partition(self.partition).key(key).payload(value);
-            match self.producer.send_result(record) {
+            match self.producer.send(record) {
                 Ok(delivery) => {
                     self.in_flight.push(delivery);
                     return Ok(());
                 }
                 // The local queue is full: librdkafka drains it in the background.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     std::thread::sleep(Duration::from_millis(2))
                 }
-                Err((e, _)) => return Err(e),
+                Err(e) => return Err(e),
             }
         }
     }
