@@ -257,13 +257,11 @@ fn the_statefulset_runs_the_configmap_config_with_its_state_on_the_volume() {
     let budget = startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
     assert!(budget >= 1800, "startup budget {budget}s is too short for restoring partitions");
 
-    // The memory limit holds the block cache (memtables included) and the rest of the process.
+    // The memory limit holds the block cache (memtables included), the balance cache and the rest
+    // of the process.
     let limit = parse_quantity(container["resources"]["limits"]["memory"].as_str().unwrap());
-    assert!(
-        limit >= config.state.block_cache_size.0 * 3,
-        "memory limit {limit} vs block cache {:?}",
-        config.state.block_cache_size
-    );
+    let state = config.state.block_cache_size.0 + config.state.balance_cache_size.0;
+    assert!(limit >= state * 3, "memory limit {limit} vs state caches {state}");
 
     // Non-root, as the image's user.
     let security = &pod["securityContext"];

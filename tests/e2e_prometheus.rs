@@ -68,6 +68,7 @@ async fn prometheus_sees_the_workloads_applied_duplicate_and_dead_lettered_count
         "ledgerd_rocksdb_block_cache_usage_bytes",
         "ledgerd_rocksdb_memtable_usage_bytes",
         "ledgerd_state_key_filter_bytes",
+        "ledgerd_state_balance_cache_bytes",
         "ledgerd_state_disk_usage_bytes",
         "process_resident_memory_bytes",
     ] {

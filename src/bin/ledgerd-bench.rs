@@ -119,8 +119,11 @@ enum Command {
         dir: PathBuf,
         /// state.block_cache_size in MiB (ledgerd's default; a partition's share of it when
         /// several partitions share one instance is the default divided by their number).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 224)]
         block_cache_mib: u64,
+        /// state.balance_cache_size in MiB (ledgerd's default, shared the same way).
+        #[arg(long, default_value_t = 32)]
+        balance_cache_mib: u64,
         /// state.write_buffer_size in MiB (ledgerd's default, shared the same way).
         #[arg(long, default_value_t = 64)]
         write_buffer_mib: u64,
@@ -200,11 +203,21 @@ fn main() -> anyhow::Result<()> {
         Command::Drain { target } => drain(&target),
         Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
-        Command::Engine { events, accounts, checkpoint_every, passes, dir, block_cache_mib, write_buffer_mib } => {
+        Command::Engine {
+            events,
+            accounts,
+            checkpoint_every,
+            passes,
+            dir,
+            block_cache_mib,
+            balance_cache_mib,
+            write_buffer_mib,
+        } => {
             let recent_events = loadgen::recent_events(ledgerd::loadgen::engine::DEDUPE_WINDOW.as_secs(), 1);
             let state = StateConfig {
                 dir,
                 block_cache_size: ByteSize(block_cache_mib << 20),
+                balance_cache_size: ByteSize(balance_cache_mib << 20),
                 write_buffer_size: ByteSize(write_buffer_mib << 20),
                 ..StateConfig::default()
             };

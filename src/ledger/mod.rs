@@ -12,3 +12,21 @@ pub use history::{HistoryEntry, HistoryOutcome};
 pub use money::Amount;
 pub use reducer::{apply, LedgerState, Outcome, TransactionRecord};
 pub use reject::{RejectReason, Rejection};
+
+/// Values tests across the crate write often.
+#[cfg(test)]
+pub(crate) mod test_values {
+    use super::{Amount, Currency};
+
+    pub(crate) fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    pub(crate) fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    pub(crate) fn amount(text: &str) -> Amount {
+        Amount::parse(text).unwrap()
+    }
+}

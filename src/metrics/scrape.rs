@@ -6,7 +6,7 @@ use crate::registry::PartitionRegistry;
 use crate::store::StoreEnv;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -20,6 +20,9 @@ pub(super) struct ScrapeTime {
     memtables: IntGauge,
     key_filters: IntGauge,
     key_filters_loading: IntGauge,
+    balance_cache: IntGauge,
+    /// Follows the cache's own counts (`result`: `hit` or `miss`).
+    balance_cache_lookups: IntCounterVec,
     disk: IntGauge,
     lag: IntGaugeVec,
     /// Read, not exposed here: registered on their own.
@@ -67,6 +70,18 @@ impl ScrapeTime {
                 "ledgerd_state_key_filters_loading",
                 "Owned partitions whose key filters are still being filled with the keys their state held when opened (their lookups read RocksDB meanwhile). One that stays up logged why its filters were not loaded.",
             ),
+            balance_cache: gauge(
+                "ledgerd_state_balance_cache_bytes",
+                "Bytes allocated to the in-memory cache of checkpointed balances shared by every partition (bounded by state.balance_cache_size).",
+            ),
+            balance_cache_lookups: IntCounterVec::new(
+                Opts::new(
+                    "ledgerd_state_balance_cache_lookups_total",
+                    "Reads of a stored balance while applying records, by whether the balance cache answered (hit) or RocksDB did (miss).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             disk: gauge(
                 "ledgerd_state_disk_usage_bytes",
                 "Disk space allocated to files under state.dir: every partition's RocksDB, and state set aside or awaiting deletion.",
@@ -85,7 +100,7 @@ impl ScrapeTime {
         }
     }
 
-    fn gauges(&self) -> [&IntGauge; 7] {
+    fn gauges(&self) -> [&IntGauge; 8] {
         [
             &self.ready,
             &self.block_cache,
@@ -93,6 +108,7 @@ impl ScrapeTime {
             &self.memtables,
             &self.key_filters,
             &self.key_filters_loading,
+            &self.balance_cache,
             &self.disk,
         ]
     }
@@ -113,6 +129,13 @@ impl ScrapeTime {
         self.key_filters.set(bytes(stores.iter().map(|(_, store)| store.key_filter_bytes()).sum()));
         let loading = stores.iter().filter(|(_, store)| !store.key_filters_loaded()).count();
         self.key_filters_loading.set(i64::try_from(loading).unwrap_or(i64::MAX));
+        let cache = env.as_ref().map(|e| e.balance_cache_stats()).unwrap_or_default();
+        self.balance_cache.set(bytes(cache.bytes));
+        for (result, count) in [("hit", cache.hits), ("miss", cache.misses)] {
+            let counter = self.balance_cache_lookups.with_label_values(&[result]);
+            // A counter only rises: an instance restarted in the same process starts again from 0.
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
         let disk = env.as_ref().map_or(0, |e| disk_usage(e.root()));
         self.disk.set(i64::try_from(disk).unwrap_or(i64::MAX));
 
@@ -135,6 +158,7 @@ impl Collector for ScrapeTime {
         for gauge in self.gauges() {
             descs.extend(gauge.desc());
         }
+        descs.extend(self.balance_cache_lookups.desc());
         descs.extend(self.lag.desc());
         descs
     }
@@ -146,6 +170,7 @@ impl Collector for ScrapeTime {
         for gauge in self.gauges() {
             families.extend(gauge.collect());
         }
+        families.extend(self.balance_cache_lookups.collect());
         families.extend(self.lag.collect());
         families
     }

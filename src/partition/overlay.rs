@@ -248,19 +248,8 @@ impl LedgerState for View<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::test_values::{amount, eur, usd};
     use crate::ledger::{EventKind, HistoryOutcome};
-
-    fn usd() -> Currency {
-        Currency::parse("USD").unwrap()
-    }
-
-    fn eur() -> Currency {
-        Currency::parse("EUR").unwrap()
-    }
-
-    fn amount(text: &str) -> Amount {
-        Amount::parse(text).unwrap()
-    }
 
     fn record(delta: &str, event_time_micros: i64) -> TransactionRecord {
         TransactionRecord {

@@ -12,8 +12,11 @@
 //!
 //! Beside RocksDB, each partition keeps in-memory key filters (`filter`) that answer most lookups
 //! of absent balances and transaction ids without reading RocksDB: about 1.5 bytes per balance and
-//! per transaction id inside the dedupe window (`ledgerd_state_key_filter_bytes`).
+//! per transaction id inside the dedupe window (`ledgerd_state_key_filter_bytes`). A cache of
+//! checkpointed balances shared by every partition (`balance_cache`, bounded by
+//! `state.balance_cache_size`) answers most reads of balances that are there.
 
+mod balance_cache;
 pub mod codec;
 mod filter;
 pub mod keys;
@@ -21,6 +24,8 @@ pub mod keys;
 use crate::config::StateConfig;
 use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, Currency, HistoryEntry, TransactionRecord};
+use balance_cache::BalanceCache;
+pub use balance_cache::CacheStats;
 use codec::CodecError;
 use filter::{KeyFilters, Loader};
 use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, RETIRED_CFS};
@@ -31,7 +36,7 @@ use rocksdb::{
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
@@ -62,6 +67,8 @@ pub struct StoreEnv {
     root: PathBuf,
     cache: Cache,
     write_buffers: WriteBufferManager,
+    /// Checkpointed balances of every partition, within `state.balance_cache_size`.
+    balances: Arc<BalanceCache>,
     /// `state.write_buffer_size`: the shared memtable budget, which also sizes one memtable
     /// ([`MEMTABLE_SHARE`]) and one partition's write-ahead logs ([`WAL_SHARE`]).
     write_buffer_size: usize,
@@ -91,6 +98,7 @@ impl StoreEnv {
             root: config.dir.clone(),
             cache,
             write_buffers,
+            balances: Arc::new(BalanceCache::new(config.balance_cache_size.0 as usize)),
             write_buffer_size: config.write_buffer_size.0 as usize,
             history_retention_micros,
         })
@@ -265,8 +273,15 @@ impl StoreEnv {
         Ok((self.store(db, path, &identity, horizons)?, set_aside))
     }
 
+    /// Lookups the balance cache answered and did not, and its memory.
+    pub fn balance_cache_stats(&self) -> CacheStats {
+        self.balances.stats()
+    }
+
     fn store(&self, db: DB, path: PathBuf, identity: &str, horizons: Horizons) -> Result<PartitionStore, StoreError> {
-        let store = PartitionStore::new(db, path, identity, horizons, self.history_retention_micros)?;
+        let cache =
+            CachedBalances { owner: AtomicU32::new(self.balances.new_owner()), cache: Arc::clone(&self.balances) };
+        let store = PartitionStore::new(db, path, identity, horizons, self.history_retention_micros, cache)?;
         store.horizons.history.store(store.retention_horizon(store.watermark_micros), Ordering::Relaxed);
         Ok(store)
     }
@@ -386,6 +401,7 @@ pub struct PartitionStore {
     /// Answer most lookups of absent balances and transaction ids without reading RocksDB.
     filters: Arc<KeyFilters>,
     _loader: Loader,
+    balances: CachedBalances,
     next_offset: Option<i64>,
     watermark_micros: i64,
     /// What compaction may drop (shared with the compaction filters).
@@ -421,6 +437,7 @@ impl PartitionStore {
         identity: &str,
         horizons: Horizons,
         history_retention_micros: i64,
+        balances: CachedBalances,
     ) -> Result<PartitionStore, StoreError> {
         let meta = db.cf_handle(CF_META).expect("opened with every column family");
         if db.get_cf(meta, MetaKey::FormatVersion.name())?.is_none() {
@@ -447,6 +464,7 @@ impl PartitionStore {
             path,
             filters,
             _loader: loader,
+            balances,
             next_offset,
             watermark_micros,
             horizons,
@@ -643,8 +661,16 @@ impl PartitionStore {
         if !self.filters.balances.may_contain(&key) {
             return Ok(None);
         }
+        let owner = self.balances.owner();
+        if let Some(balance) = self.balances.cache.get(owner, account, currency) {
+            return Ok(Some(balance));
+        }
         match self.db.get_pinned_cf(self.cf(CF_BALANCES), key)? {
-            Some(bytes) => Ok(Some(codec::decode_balance(&bytes)?)),
+            Some(bytes) => {
+                let balance = codec::decode_balance(&bytes)?;
+                self.balances.cache.put(owner, [(account, currency, balance)]);
+                Ok(Some(balance))
+            }
             None => Ok(None),
         }
     }
@@ -791,6 +817,8 @@ impl PartitionStore {
             value: Vec::new(),
             balance_keys: Vec::new(),
             transaction_keys: Vec::new(),
+            balance_accounts: String::new(),
+            balances: Vec::new(),
         }
     }
 
@@ -823,6 +851,10 @@ pub struct Checkpoint<'s> {
     /// Hashes of the keys written, for the key filters; with the event time for transactions.
     balance_keys: Vec<u64>,
     transaction_keys: Vec<(u64, i64)>,
+    /// The balances written, for the balance cache once they are durable: (account's end in
+    /// `balance_accounts`, currency, balance).
+    balance_accounts: String,
+    balances: Vec<(usize, Currency, Amount)>,
 }
 
 impl Checkpoint<'_> {
@@ -831,6 +863,8 @@ impl Checkpoint<'_> {
         keys::balance_into(&mut self.key, account, currency);
         self.batch.put_cf(self.store.cf(CF_BALANCES), &self.key, codec::encode_balance(balance, changed_at));
         self.balance_keys.push(self.store.filters.balances.hash(&self.key));
+        self.balance_accounts.push_str(account);
+        self.balances.push((self.balance_accounts.len(), currency, balance));
     }
 
     /// Records that `account`'s restored state already reflects its input records below `valid_through`.
@@ -857,8 +891,8 @@ impl Checkpoint<'_> {
     /// intermediate chunks. Until the final [`Checkpoint::commit`] the state counts as incomplete.
     pub fn write_partial(self) -> Result<(), StoreError> {
         self.add_keys_to_filters();
-        self.store.db.write(self.batch)?;
-        Ok(())
+        let Checkpoint { store, batch, balance_accounts, balances, .. } = self;
+        store.write(batch, &WriteOptions::default(), &balance_accounts, &balances)
     }
 
     /// Remembers a transaction. Compaction forgets it once its event time falls behind the dedupe
@@ -914,8 +948,44 @@ impl Checkpoint<'_> {
             self.batch.put_cf(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(wanted));
         }
         self.add_keys_to_filters();
-        store.db.write_opt(self.batch, &synced())?;
+        let Checkpoint { batch, balance_accounts, balances, .. } = self;
+        store.write(batch, &synced(), &balance_accounts, &balances)?;
         store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A partition's share of the balance cache.
+struct CachedBalances {
+    /// Replaced when a write fails: what the database holds after that is not known for sure.
+    owner: AtomicU32,
+    cache: Arc<BalanceCache>,
+}
+
+impl CachedBalances {
+    fn owner(&self) -> u32 {
+        self.owner.load(Ordering::Relaxed)
+    }
+}
+
+impl PartitionStore {
+    /// Writes `batch`, then tells the balance cache about the balances it held (`accounts` holds
+    /// their account ids end to end; each balance has its id's end).
+    fn write(
+        &self,
+        batch: WriteBatch,
+        options: &WriteOptions,
+        accounts: &str,
+        balances: &[(usize, Currency, Amount)],
+    ) -> Result<(), StoreError> {
+        if let Err(e) = self.db.write_opt(batch, options) {
+            self.balances.owner.store(self.balances.cache.new_owner(), Ordering::Relaxed);
+            return Err(e.into());
+        }
+        let starts = std::iter::once(0).chain(balances.iter().map(|&(end, ..)| end));
+        let written =
+            starts.zip(balances).map(|(start, &(end, currency, balance))| (&accounts[start..end], currency, balance));
+        self.balances.cache.put(self.balances.owner(), written);
         Ok(())
     }
 }
@@ -966,6 +1036,7 @@ pub(crate) fn test_env(dir: &Path) -> StoreEnv {
     StoreEnv::new(&StateConfig {
         dir: dir.to_owned(),
         block_cache_size: ByteSize(8 << 20),
+        balance_cache_size: ByteSize(4 << 20),
         write_buffer_size: ByteSize(4 << 20),
         release_grace: std::time::Duration::from_secs(600),
         history_retention: std::time::Duration::ZERO,
@@ -1020,6 +1091,43 @@ mod tests {
         assert_eq!(store.account_balances("a").unwrap(), vec![(usd(), Amount::parse("3701.00").unwrap())]);
         assert!(store.account_balances("ab").unwrap().is_empty());
         assert_eq!(store.transaction("a", "t1").unwrap(), Some(record(10)));
+    }
+
+    #[test]
+    fn balances_come_from_the_cache_as_the_database_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let amount = |text: &str| Some(Amount::parse(text).unwrap());
+        {
+            let (store, _) = env.open_partition("transactions", 0).unwrap();
+            let mut cp = store.begin();
+            cp.put_balance("a", usd(), Amount::parse("5.00").unwrap(), 1);
+            cp.put_balance("b", usd(), Amount::parse("-2").unwrap(), 1);
+            cp.commit(1, 0).unwrap();
+            let before = env.balance_cache_stats();
+            assert_eq!(store.balance("a", usd()).unwrap(), amount("5.00"));
+            assert_eq!(store.balance("b", usd()).unwrap(), amount("-2"));
+            let mut cp = store.begin();
+            cp.put_balance("a", usd(), Amount::parse("7.25").unwrap(), 2);
+            cp.commit(2, 0).unwrap();
+            assert_eq!(store.balance("a", usd()).unwrap(), amount("7.25"));
+            let after = env.balance_cache_stats();
+            assert_eq!((after.hits - before.hits, after.misses - before.misses), (3, 0), "written balances are cached");
+            assert!(after.bytes > 0);
+        }
+        // The closed state changes behind the cache's back (another copy of ledgerd, a restore).
+        {
+            let db = DB::open_cf(&env.options(), env.partition_dir("transactions", 0), keys::ALL_CFS).unwrap();
+            let balances = db.cf_handle(CF_BALANCES).unwrap();
+            db.put_cf(balances, keys::balance("a", usd()), codec::encode_balance(Amount::parse("1").unwrap(), 3))
+                .unwrap();
+        }
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let before = env.balance_cache_stats();
+        assert_eq!(store.balance("a", usd()).unwrap(), amount("1"), "a reopened state reads its own balances");
+        assert_eq!(store.balance("a", usd()).unwrap(), amount("1"));
+        let after = env.balance_cache_stats();
+        assert_eq!((after.hits - before.hits, after.misses - before.misses), (1, 1));
     }
 
     #[test]
