@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod app;
+mod arena;
 pub mod config;
 pub mod demo;
 pub mod input;

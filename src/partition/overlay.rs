@@ -7,6 +7,7 @@
 //! record is its account's only one in the batch; the earlier map of per-account maps and vectors
 //! spent most of the checkpoint building, walking and dropping those (docs/BENCHMARKS.md).
 
+use crate::arena::Span;
 use crate::ledger::{Amount, Currency, HistoryEntry, LedgerState, TransactionRecord};
 use crate::store::{Checkpoint, PartitionStore, StoreError};
 use std::hash::BuildHasher;
@@ -14,26 +15,6 @@ use std::hash::BuildHasher;
 // random per process, so crafted account or transaction ids cannot aim at collisions.
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
-
-/// Where an id lies in one of the overlay's string arenas.
-#[derive(Clone, Copy)]
-struct Span {
-    start: usize,
-    len: usize,
-}
-
-impl Span {
-    /// Appends `text` to `arena` and returns where it went.
-    fn push(arena: &mut String, text: &str) -> Span {
-        let span = Span { start: arena.len(), len: text.len() };
-        arena.push_str(text);
-        span
-    }
-
-    fn of(self, arena: &str) -> &str {
-        &arena[self.start..self.start + self.len]
-    }
-}
 
 /// One account touched by the batch.
 struct Account {

@@ -20,6 +20,7 @@
 //!
 //! [`PartitionStore`]: super::PartitionStore
 
+use crate::arena::Span;
 use crate::ledger::{Amount, Currency};
 // Seeded per process, like the overlay's tables: crafted account ids cannot aim at collisions.
 use foldhash::fast::RandomState;
@@ -37,8 +38,8 @@ const INDEX_BYTES_PER_ENTRY: usize = 12;
 /// A balance as of its partition's last write.
 struct Entry {
     owner: u32,
-    id_start: u32,
-    id_len: u32,
+    /// The account id, in `Generation::ids`.
+    id: Span,
     currency: Currency,
     amount: Amount,
 }
@@ -183,15 +184,11 @@ impl Generation {
         }
     }
 
-    fn id(&self, entry: &Entry) -> &str {
-        &self.ids[entry.id_start as usize..(entry.id_start + entry.id_len) as usize]
-    }
-
     fn find(&self, hash: u64, owner: u32, account: &str, currency: Currency) -> Option<usize> {
         self.index
             .find(hash, |&position| {
                 let entry = &self.entries[position as usize];
-                entry.owner == owner && entry.currency == currency && self.id(entry) == account
+                entry.owner == owner && entry.currency == currency && entry.id.of(&self.ids) == account
             })
             .map(|&position| position as usize)
     }
@@ -207,14 +204,12 @@ impl Generation {
         amount: Amount,
     ) {
         let position = u32::try_from(self.entries.len()).expect("a generation holds fewer than 2^32 entries");
-        let id_start = u32::try_from(self.ids.len()).expect("a generation's ids take less than 4 GiB");
-        self.ids.push_str(account);
-        self.entries.push(Entry { owner, id_start, id_len: account.len() as u32, currency, amount });
+        let id = Span::push(&mut self.ids, account);
+        self.entries.push(Entry { owner, id, currency, amount });
         let Generation { ids, entries, index } = self;
         index.insert_unique(hash, position, |&existing| {
             let entry = &entries[existing as usize];
-            let id = &ids[entry.id_start as usize..(entry.id_start + entry.id_len) as usize];
-            hasher.hash_one((entry.owner, id, entry.currency))
+            hasher.hash_one((entry.owner, entry.id.of(ids), entry.currency))
         });
     }
 
