@@ -110,7 +110,7 @@ pub struct TransactionEvent {
 }
 
 /// Fields as an encoding delivers them, before validation. Missing fields are `None`.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RawEvent<'a> {
     pub transaction_id: Option<&'a str>,
     pub timestamp: Option<&'a str>,
