@@ -10,6 +10,7 @@
 use crate::arena::Span;
 use crate::ledger::{Amount, Currency, HistoryEntry, LedgerState, TransactionRecord};
 use crate::store::{Checkpoint, PartitionStore, StoreError};
+use std::cell::Cell;
 use std::hash::BuildHasher;
 // foldhash instead of std's SipHash: these tables are probed several times per record. Its seed is
 // random per process, so crafted account or transaction ids cannot aim at collisions.
@@ -41,6 +42,10 @@ pub(super) struct Overlay {
     accounts: Vec<Account>,
     /// Positions in `accounts`, hashed by account id.
     account_index: HashTable<u32>,
+    /// The account found last. Applying a record looks its account up about five times (its
+    /// transaction, balance, new balance, new transaction, history), so the lookups after the
+    /// first compare one id instead of hashing and probing.
+    last_account: Cell<Option<u32>>,
     /// What became of each record, with its account's position, in offset order.
     history: Vec<(u32, HistoryEntry)>,
     transaction_ids: String,
@@ -59,8 +64,15 @@ impl Overlay {
     }
 
     fn find_account(&self, account: &str) -> Option<u32> {
+        if let Some(last) = self.last_account.get().filter(|&last| self.account_id(last) == account) {
+            return Some(last);
+        }
         let hash = self.hasher.hash_one(account);
-        self.account_index.find(hash, |&position| self.account_id(position) == account).copied()
+        let found = self.account_index.find(hash, |&position| self.account_id(position) == account).copied();
+        if found.is_some() {
+            self.last_account.set(found);
+        }
+        found
     }
 
     /// The account's position, added if the batch has not touched it yet.
@@ -75,6 +87,7 @@ impl Overlay {
         account_index.insert_unique(hasher.hash_one(account), position, |&existing| {
             hasher.hash_one(accounts[existing as usize].id.of(account_ids))
         });
+        self.last_account.set(Some(position));
         position
     }
 
