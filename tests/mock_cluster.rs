@@ -93,23 +93,31 @@ async fn json_and_protobuf_events_reach_the_api_and_bad_ones_the_dlq() {
     running.stop().await.unwrap();
 
     // Restarting on the same state resumes after the last record: one new event is the only one applied.
+    // A partition that reaches the end of its input checkpoints after a tenth of the interval:
+    // the deposit is readable about 2 s after it was applied, not 20 s.
+    config.checkpoint.interval = Duration::from_secs(20);
     let running = ledgerd::start(config).await.unwrap();
     send(&producer, "transactions", "6ad87cf1", br#"{"transaction_id":"after","timestamp":"2024-03-15T00:00:00","type":"deposit","amount":"1.00","currency":"USD"}"#, None).await;
     let url = format!("http://{}/v1/accounts/6ad87cf1", running.http_addr);
-    tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(60), "the new deposit after the restart", || {
+    let metrics = running.metrics.clone();
+    let applied = move || -> f64 {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("ledgerd_events_total") && l.contains(r#"outcome="applied""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let applied_after_restart = tokio::task::spawn_blocking(move || {
+        // The group takes a while to admit the restarted member on the mock cluster.
+        wait_until(Duration::from_secs(90), "the new deposit to be applied", || applied() > 0.0);
+        wait_until(Duration::from_secs(10), "the applied deposit to be checkpointed, before the interval", || {
             http_get(&url).is_some_and(|(status, body)| status == 200 && body.contains(r#""USD":"5001.00""#))
-        })
+        });
+        applied()
     })
     .await
     .unwrap();
-    let applied_after_restart: f64 = running
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("ledgerd_events_total") && l.contains(r#"outcome="applied""#))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
     assert_eq!(applied_after_restart, 1.0, "the restart re-applied records");
     running.stop().await.unwrap();
 }

@@ -374,6 +374,8 @@ fn watch(url: &str, total: i64, timeout: Duration, pid: Option<u32>) -> anyhow::
     const SLOW: Duration = Duration::from_millis(500);
     let deadline = Instant::now() + timeout;
     let mut first: Option<Instant> = None;
+    // When every record was processed: what follows is waiting for the last checkpoints.
+    let mut all_processed: Option<Instant> = None;
     loop {
         anyhow::ensure!(Instant::now() < deadline, "ledgerd did not catch up within {timeout:?}");
         if let Some(pid) = pid {
@@ -385,20 +387,25 @@ fn watch(url: &str, total: i64, timeout: Duration, pid: Option<u32>) -> anyhow::
             if processed > 0.0 && first.is_none() {
                 first = Some(Instant::now());
             }
+            if processed >= total as f64 && all_processed.is_none() {
+                all_processed = Some(Instant::now());
+            }
             let checkpointed = metric_sum(&text, "ledgerd_checkpointed_offset{", "") as i64;
             if checkpointed >= total {
                 let seconds = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+                let last_checkpoints = all_processed.map_or(0.0, |p| p.elapsed().as_secs_f64());
                 println!(
                     "{}",
-                    serde_json::json!({"records": total, "seconds": seconds, "records_per_second": total as f64 / seconds})
+                    serde_json::json!({"records": total, "seconds": seconds, "records_per_second": total as f64 / seconds,
+                        "seconds_after_all_processed": last_checkpoints})
                 );
                 return Ok(());
             }
-            if let Some(first) = first {
+            if let (Some(first), None) = (first, all_processed) {
                 // A quarter of the time the rate so far says is left: never late by more than FAST
-                // at the end, unless the rate itself jumps.
-                let rate = checkpointed.max(1) as f64 / first.elapsed().as_secs_f64().max(1e-3);
-                let left = Duration::from_secs_f64((total - checkpointed) as f64 / rate / 4.0);
+                // at the end, unless the rate itself jumps. Then FAST until the last checkpoint.
+                let rate = processed.max(1.0) / first.elapsed().as_secs_f64().max(1e-3);
+                let left = Duration::from_secs_f64((total as f64 - processed) / rate / 4.0);
                 wait = left.clamp(FAST, SLOW);
             }
         }

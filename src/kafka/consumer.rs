@@ -70,7 +70,10 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         .set("enable.auto.offset.store", "false")
         // Start positions come from the state; this only applies if a stored offset is out of
         // range (e.g. retention deleted it), and then the earliest data is the safe choice.
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // A partition that reaches the end of its input checkpoints soon after, not at the next
+        // interval (`PartitionState::checkpoint_due`).
+        .set("enable.partition.eof", "true");
     if !config.kafka.group_instance_id.is_empty() {
         client.set("group.instance.id", &config.kafka.group_instance_id);
     }
@@ -101,6 +104,11 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
                     next_scan = Instant::now();
                 }
             }
+            // Read to the end: work not yet checkpointed is due sooner, so scan at once.
+            Some(Err(KafkaError::PartitionEOF(partition))) if reached_end(&shared, partition) => {
+                next_scan = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 // E.g. the topic vanished or a partition is unavailable; librdkafka keeps retrying.
                 metrics.handled_error(ErrorKind::ConsumerPoll, &e);
@@ -205,6 +213,15 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
         entry.letters.push(shared.dead_letters.send(message, &rejection));
     }
     entry.state.reached_max_records(max_records)
+}
+
+/// Marks `partition` as read to its end. Returns true when it holds work not yet checkpointed.
+fn reached_end(shared: &Shared, partition: i32) -> bool {
+    let mut owned = shared.owned();
+    owned.get_mut(&partition).is_some_and(|entry| {
+        entry.state.reached_end();
+        entry.state.is_dirty()
+    })
 }
 
 fn content_type<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {

@@ -57,6 +57,8 @@ pub struct PartitionState {
     dedupe_window_micros: i64,
     records_since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// The consumer reached the end of the partition's input and no record came since.
+    at_end: bool,
     /// After a restore: accounts whose input records below the offset are already in their state.
     restore_skips: HashMap<String, i64>,
     /// The largest offset in `restore_skips`; once the partition reads past it the skips go.
@@ -67,6 +69,12 @@ pub struct PartitionState {
     history_floor: i64,
     metrics: PartitionMetrics,
 }
+
+/// A partition at the end of its input checkpoints once this share of `checkpoint.interval` has
+/// passed since its last checkpoint, instead of the whole interval: what it applied becomes
+/// readable (and the end of a catch-up durable) sooner, and a trickle of records that reaches the
+/// end after each fetch still costs at most this many checkpoints per interval.
+const CAUGHT_UP_SHARE: u32 = 10;
 
 impl PartitionState {
     /// `start_offset` is where consumption begins when the store has never checkpointed (the
@@ -91,6 +99,7 @@ impl PartitionState {
             dedupe_window_micros: i64::try_from(dedupe_window.as_micros()).unwrap_or(i64::MAX),
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            at_end: false,
             restore_skips_until: restore_skips.values().copied().max().unwrap_or(i64::MIN),
             restore_skips,
             history_floor: i64::MIN,
@@ -177,6 +186,7 @@ impl PartitionState {
         self.record_history(offset, account, decoded, &disposition, effect);
         self.next_offset = offset + 1;
         self.records_since_checkpoint += 1;
+        self.at_end = false;
         Ok(disposition)
     }
 
@@ -240,11 +250,21 @@ impl PartitionState {
         self.sealed.is_some()
     }
 
-    /// Whether the checkpoint policy asks to seal the work so far (only one batch is sealed at a time).
+    /// Records that the consumer read everything the partition holds (until the next record).
+    pub fn reached_end(&mut self) {
+        self.at_end = true;
+    }
+
+    /// Whether the checkpoint policy asks to seal the work so far (only one batch is sealed at a time):
+    /// after `max_records`, after `interval`, or at the end of the input once a tenth of
+    /// `interval` has passed ([`CAUGHT_UP_SHARE`]).
     pub fn checkpoint_due(&self, now: Instant, interval: Duration, max_records: u64) -> bool {
+        let since = now.duration_since(self.last_checkpoint);
         self.sealed.is_none()
             && self.has_unsealed_work()
-            && (self.reached_max_records(max_records) || now.duration_since(self.last_checkpoint) >= interval)
+            && (self.reached_max_records(max_records)
+                || since >= interval
+                || (self.at_end && since >= interval / CAUGHT_UP_SHARE))
     }
 
     /// Whether enough records were consumed since the last seal to force one.
@@ -438,6 +458,28 @@ mod tests {
         state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
         assert_eq!(state.checkpoint().unwrap(), Some(3));
         assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
+    }
+
+    #[test]
+    fn a_partition_at_the_end_of_its_input_checkpoints_after_a_tenth_of_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let mut state = open(&env);
+        let (interval, max_records) = (Duration::from_secs(10), 1000);
+        let due = |state: &PartitionState, after: Duration| {
+            state.checkpoint_due(state.last_checkpoint + after, interval, max_records)
+        };
+        state.process(0, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap();
+        assert!(!due(&state, Duration::from_secs(2)), "more input may follow: the interval applies");
+        state.reached_end();
+        assert!(!due(&state, Duration::from_millis(999)));
+        assert!(due(&state, Duration::from_secs(1)));
+        state.process(1, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
+        assert!(!due(&state, Duration::from_secs(2)), "a record came after the end");
+        assert!(due(&state, interval));
+        assert_eq!(state.checkpoint().unwrap(), Some(2));
+        state.reached_end();
+        assert!(!due(&state, interval), "nothing to write");
     }
 
     fn event(id: &str, kind: &str, amount: &str, ts: &str, reverses: &str) -> Result<TransactionEvent, Rejection> {
