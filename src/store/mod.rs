@@ -59,9 +59,6 @@ const MEMTABLE_SHARE: usize = 4;
 /// One partition's write-ahead logs may hold at most this share of `state.write_buffer_size`.
 const WAL_SHARE: usize = 8;
 
-/// Bytes of memtable bloom filter per byte of memtable capacity, for `transactions`.
-const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
-
 /// Shared resources for every partition's database.
 pub struct StoreEnv {
     root: PathBuf,
@@ -128,11 +125,14 @@ impl StoreEnv {
         &self.root
     }
 
-    fn options(&self) -> Options {
+    /// Table options for a column family; `point_lookups` when it is read by key (bloom filters).
+    fn table(&self, point_lookups: bool) -> BlockBasedOptions {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.cache);
         // Point lookups of transaction ids are mostly misses: bloom filters answer them in memory.
-        table.set_bloom_filter(10.0, false);
+        if point_lookups {
+            table.set_bloom_filter(10.0, false);
+        }
         table.set_cache_index_and_filter_blocks(true);
         // Filters and indexes in 4 KiB partitions under a small pinned top level: a lookup loads
         // the one partition it needs. With whole-file filters, every file a flush or compaction
@@ -143,15 +143,19 @@ impl StoreEnv {
         table.set_partition_filters(true);
         table.set_metadata_block_size(4096);
         table.set_pin_top_level_index_and_filter(true);
+        table
+    }
+
+    fn options(&self) -> Options {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        options.set_block_based_table_factory(&table);
+        options.set_block_based_table_factory(&self.table(true));
         options.set_write_buffer_manager(&self.write_buffers);
-        // Without it every memtable is sized as RocksDB's default (64 MiB), and so is each
-        // `transactions` memtable's bloom filter (below): 6.4 MiB, counted in the memtable's
-        // size. With twelve partitions the shared budget then flushed those memtables when they
-        // held 1.8 MB of data in 9 MB (docs/BENCHMARKS.md).
+        // Without it every memtable is sized as RocksDB's default (64 MiB), and so was the
+        // memtable bloom filter `transactions` once had: 6.4 MiB, counted in the memtable's size.
+        // With twelve partitions the shared budget then flushed those memtables when they held
+        // 1.8 MB of data in 9 MB (docs/BENCHMARKS.md).
         options.set_write_buffer_size(self.write_buffer_size / MEMTABLE_SHARE);
         // What a restart after kill -9 replays. The small column families (`meta` takes a few
         // keys per checkpoint) rarely fill a memtable, and their oldest unflushed key keeps every
@@ -178,6 +182,9 @@ impl StoreEnv {
         let cfs = keys::ALL_CFS.iter().chain(&retired).map(|name| {
             let mut cf_options = options.clone();
             if *name == CF_HISTORY {
+                // Read only by ranges of one account (never a point lookup): a bloom filter would
+                // be built at every flush and compaction and never read.
+                cf_options.set_block_based_table_factory(&self.table(false));
                 let horizon = Arc::clone(&horizons.history);
                 drop_below(
                     &mut cf_options,
@@ -187,11 +194,8 @@ impl StoreEnv {
                 );
             }
             if *name == CF_TRANSACTIONS {
-                // Most lookups are of new ids: a whole-key bloom filter answers them without
-                // walking the memtable's skip list. Sized as a share of the memtable's capacity:
-                // about 16 bits per entry once full (an entry takes about 100 bytes).
-                cf_options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
-                cf_options.set_memtable_whole_key_filtering(true);
+                // No memtable bloom filter: the key filters in front of RocksDB (`filter`) answer
+                // lookups of new ids; what reaches RocksDB is mostly ids that are there.
                 let (horizon, held) = (Arc::clone(&horizons.dedupe), Arc::clone(&horizons.dedupe_held));
                 let below = move || horizon.load(Ordering::Relaxed).min(held.load(Ordering::Relaxed));
                 drop_below(&mut cf_options, "ledgerd_dedupe_window", below, codec::transaction_event_time);
