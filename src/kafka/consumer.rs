@@ -104,11 +104,11 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
                     next_scan = Instant::now();
                 }
             }
-            // Read to the end: work not yet checkpointed is due sooner, so scan at once.
-            Some(Err(KafkaError::PartitionEOF(partition))) if reached_end(&shared, partition) => {
+            // Read to the end: the partition's unwritten work is due sooner, so scan at once.
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                reached_end(&shared, partition);
                 next_scan = Instant::now();
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 // E.g. the topic vanished or a partition is unavailable; librdkafka keeps retrying.
                 metrics.handled_error(ErrorKind::ConsumerPoll, &e);
@@ -215,13 +215,11 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
     entry.state.reached_max_records(max_records)
 }
 
-/// Marks `partition` as read to its end. Returns true when it holds work not yet checkpointed.
-fn reached_end(shared: &Shared, partition: i32) -> bool {
-    let mut owned = shared.owned();
-    owned.get_mut(&partition).is_some_and(|entry| {
+/// Marks `partition` as read to its end (a partition released in this poll's rebalance has no entry).
+fn reached_end(shared: &Shared, partition: i32) {
+    if let Some(entry) = shared.owned().get_mut(&partition) {
         entry.state.reached_end();
-        entry.state.is_dirty()
-    })
+    }
 }
 
 fn content_type<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
