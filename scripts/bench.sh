@@ -3,7 +3,7 @@
 #   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a fresh topic (PARTITIONS, default 6);
 #   2. a bare rdkafka consumer drains the topic (before and after ledgerd: the broker's ceiling);
 #   3. ledgerd catches up on the same topic: rate from its first processed record to every record
-#      checkpointed, CPU seconds (user+sys) per million events, peak RSS;
+#      checkpointed, CPU seconds (user+sys) per million events (and by thread), peak RSS;
 #   4. every balance is verified against the generator's expectation (a fast wrong answer fails).
 # Usage: scripts/bench.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
 # PARTITIONS (default 6) sets the topic's partition count. BENCH_DEAD_LETTERS=0 generates no
@@ -60,6 +60,21 @@ fi
 read -r utime stime < <(awk '{print $14, $15}' "/proc/$LEDGERD_PID/stat")
 TICKS="$(getconf CLK_TCK)"
 PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
+# The same CPU by thread name (numbers dropped): where it went, for the report.
+python3 - "$LEDGERD_PID" >"$WORK/threads.json" <<'PY'
+import collections, json, os, re, sys
+task = f"/proc/{sys.argv[1]}/task"
+ticks = collections.Counter()
+for tid in os.listdir(task):
+    try:
+        stat = open(f"{task}/{tid}/stat").read()
+    except OSError:
+        continue  # the thread ended meanwhile
+    name = re.sub(r"[-_:]?\d+$", "", stat[stat.index("(") + 1 : stat.rindex(")")])
+    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state); utime and stime are 14 and 15
+    ticks[name] += int(fields[11]) + int(fields[12])
+json.dump(ticks, sys.stdout)
+PY
 "$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
 kill -TERM "$LEDGERD_PID"
 wait "$LEDGERD_PID"
@@ -89,6 +104,11 @@ print(f"| ledgerd / bare consumer | {watch['records_per_second'] / bare:.2f}x |"
 print(f"| ledgerd CPU (user+sys, whole process) | {cpu:.2f}s = {cpu / (events / 1e6):.2f} CPU-s per million events |")
 bare_cpu = min(d1["cpu_seconds"], d2["cpu_seconds"])
 print(f"| bare consumer CPU (user+sys, the cheaper run) | {bare_cpu:.2f}s = {bare_cpu / (events / 1e6):.2f} CPU-s per million events |")
+threads = {name: t / ticks for name, t in load("threads").items()}
+ended = max(cpu - sum(threads.values()), 0.0)
+by_thread = sorted(threads.items(), key=lambda item: -item[1])
+shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in by_thread[:6] if seconds >= 0.01)
+print(f"| ledgerd CPU by thread | {shown}; threads that ended {ended:.2f}s |")
 print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB |")
 print(f"| balances verified | {verify['accounts'] - verify['wrong']} / {verify['accounts']} exact |")
 PY
