@@ -56,25 +56,25 @@ if ! "$BIN/ledgerd-bench" watch --url "http://127.0.0.1:$HTTP_PORT" --total "$TO
     tail -20 "$WORK/ledgerd.log" >&2
     exit 1
 fi
-# CPU of the whole process life so far (start-up and group join included), peak RSS.
-read -r utime stime < <(awk '{print $14, $15}' "/proc/$LEDGERD_PID/stat")
-TICKS="$(getconf CLK_TCK)"
-PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
-# The same CPU by thread name (numbers dropped): where it went, for the report.
-python3 - "$LEDGERD_PID" >"$WORK/threads.json" <<'PY'
+# CPU of the whole process life so far (start-up and group join included), in total and by
+# thread name (numbers dropped), read together from one parser of /proc's stat lines; peak RSS.
+python3 - "$LEDGERD_PID" >"$WORK/cpu.json" <<'PY'
 import collections, json, os, re, sys
-task = f"/proc/{sys.argv[1]}/task"
-ticks = collections.Counter()
-for tid in os.listdir(task):
+proc = f"/proc/{sys.argv[1]}"
+def name_and_seconds(stat_path):
+    stat = open(stat_path).read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state); utime and stime are 14 and 15
+    return stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+threads = collections.Counter()
+for tid in os.listdir(f"{proc}/task"):
     try:
-        stat = open(f"{task}/{tid}/stat").read()
+        name, seconds = name_and_seconds(f"{proc}/task/{tid}/stat")
     except OSError:
         continue  # the thread ended meanwhile
-    name = re.sub(r"[-_:]?\d+$", "", stat[stat.index("(") + 1 : stat.rindex(")")])
-    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state); utime and stime are 14 and 15
-    ticks[name] += int(fields[11]) + int(fields[12])
-json.dump(ticks, sys.stdout)
+    threads[re.sub(r"[-_:]?\d+$", "", name)] += seconds
+json.dump({"seconds": name_and_seconds(f"{proc}/stat")[1], "threads": threads}, sys.stdout)
 PY
+PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
 "$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
 kill -TERM "$LEDGERD_PID"
 wait "$LEDGERD_PID"
@@ -82,16 +82,17 @@ wait "$LEDGERD_PID"
 echo "bare consumer drain (2/2) ..."
 "$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"
 
-python3 - "$WORK" "$utime" "$stime" "$TICKS" "$PEAK_RSS_KB" "$PROFILE" <<'PY'
+python3 - "$WORK" "$PEAK_RSS_KB" "$PROFILE" <<'PY'
 import json, sys
-work, utime, stime, ticks, rss_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+work, rss_kb = sys.argv[1], int(sys.argv[2])
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 produce, d1, d2, watch, verify = load("produce"), load("drain1"), load("drain2"), load("watch"), load("verify")
 bare = (d1["records_per_second"] + d2["records_per_second"]) / 2
-cpu = (utime + stime) / ticks
+cpu_read = load("cpu")
+cpu = cpu_read["seconds"]
 events = produce["produced"]
 print()
-print(f"build profile: {sys.argv[6]}")
+print(f"build profile: {sys.argv[3]}")
 print(f"records: {events} ({produce['applied']} applied, {produce['duplicates']} duplicates, "
       f"{produce['dead_letters']} dead letters) over {produce['accounts']} accounts; "
       f"produced in {produce['seconds']:.1f}s")
@@ -104,7 +105,8 @@ print(f"| ledgerd / bare consumer | {watch['records_per_second'] / bare:.2f}x |"
 print(f"| ledgerd CPU (user+sys, whole process) | {cpu:.2f}s = {cpu / (events / 1e6):.2f} CPU-s per million events |")
 bare_cpu = min(d1["cpu_seconds"], d2["cpu_seconds"])
 print(f"| bare consumer CPU (user+sys, the cheaper run) | {bare_cpu:.2f}s = {bare_cpu / (events / 1e6):.2f} CPU-s per million events |")
-threads = {name: t / ticks for name, t in load("threads").items()}
+threads = cpu_read["threads"]
+# The total was read after the threads, so it covers them; the rest is threads that ended before.
 ended = max(cpu - sum(threads.values()), 0.0)
 by_thread = sorted(threads.items(), key=lambda item: -item[1])
 shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in by_thread[:6] if seconds >= 0.01)
