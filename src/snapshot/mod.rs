@@ -10,7 +10,11 @@
 //! changed in a checkpoint with next offset above `S`, the offset of the partition's previous
 //! *complete* round, each with `valid_through = N`. Once the broker acknowledged all of them it
 //! writes the marker `complete_through = N`, and only after the marker is acknowledged does `S`
-//! become `N`. The producer is idempotent, so a partition's records stay in order.
+//! become `N`. Only the marker's place matters: it is sent after every record of its round is
+//! acknowledged, so a retry, which may duplicate a record or let it overtake another of its round,
+//! never moves a record past its marker, and a restore picks records by `valid_through`, not by
+//! position. The producer is therefore not idempotent (librdkafka's idempotent producer busy-polls
+//! while one partition's batch is in flight, see `writer`).
 //!
 //! Rounds are paced: after a round that took `d`, the writer starts no other round (of any
 //! partition) for `4 × d`, and then the partition due longest goes first. While state changes
@@ -41,14 +45,17 @@
 //! the partition reads past them. Every account thus sees each of its input records exactly once.
 //!
 //! Compaction keeps the newest record per key, which is the highest `v` for an account as long as
-//! rounds of one partition are not written concurrently by two owners. A revoked partition's round
-//! stops at its next record and never writes its marker, and the revoke waits (up to a few seconds,
-//! to stay inside the poll deadline) for its records to be acknowledged. Records still queued or in
-//! flight after that land within the producer's delivery timeout, while the new owner writes its
-//! first round only a full `snapshot.interval` after it took the partition over (and after reading
-//! the snapshot to its end), so a late record cannot overtake a newer one unless its delivery takes
-//! longer than that interval. Compaction may also remove old markers; the newest one survives. Records of an
-//! interrupted round that follow the newest marker are harmless for the same reason.
+//! rounds of one partition are not written concurrently. One owner's rounds are not: a round ends
+//! only once every one of its records has its delivery report (acknowledged, or failed after the
+//! delivery timeout), and only then does the next round send anything. Nor are two owners' rounds:
+//! a revoked partition's round stops at its next record and never writes its marker, and the revoke
+//! waits (up to a few seconds, to stay inside the poll deadline) for its records to be
+//! acknowledged. Records still queued or in flight after that land within the producer's delivery
+//! timeout, while the new owner writes its first round only a full `snapshot.interval` after it
+//! took the partition over (and after reading the snapshot to its end), so a late record cannot
+//! overtake a newer one unless its delivery takes longer than that interval. Compaction may also
+//! remove old markers; the newest one survives. Records of an interrupted round that follow the
+//! newest marker are harmless for the same reason.
 //!
 //! ## Duplicates after a restore
 //! Account records carry the account's remembered transaction ids (those inside `dedupe.window` of

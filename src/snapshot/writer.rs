@@ -1,5 +1,5 @@
 //! The snapshot writer thread: every `snapshot.interval` it writes a round for each owned partition
-//! through an idempotent producer, and keeps `ledgerd_snapshot_age_seconds` current. It rests after
+//! through its own producer, and keeps `ledgerd_snapshot_age_seconds` current. It rests after
 //! each round in proportion to the round's duration ([`REST_PER_ROUND`]), so rounds that rewrite a
 //! large, fast-changing state come less often than the interval. A failing round is logged, counted
 //! and retried at the next interval (or after the rest, if that is later); it never blocks
@@ -138,15 +138,22 @@ impl SnapshotWriter {
         let queue_kbytes = SNAPSHOT_QUEUE_KBYTES.max(2 * (config.snapshot.max_record_size.0 + 4096) / 1024);
         let mut client = client_config(&config.kafka);
         client
-            // Idempotence + acks=all: retries never duplicate or reorder a partition's records,
-            // which the restore argument relies on (a round's marker follows its records).
-            .set("enable.idempotence", "true")
+            // acks=all: acknowledged means replicated. Not idempotent: a round's marker is sent
+            // only once every record of the round is acknowledged, and a restore keeps each
+            // account's record with the highest `valid_through`, so neither a retry's duplicate
+            // nor a record overtaken within its round changes what is restored (src/snapshot/mod.rs).
+            // And idempotence is costly here: librdkafka 2.12 lets an idempotent producer have 5
+            // messages (not requests) in flight per partition, so one batch, and while the next
+            // batch is ready its broker thread busy-polls until the response arrives. A round
+            // writes one partition, so that burnt a core for as long as rounds ran (measured:
+            // docs/BENCHMARKS.md).
+            .set("enable.idempotence", "false")
             .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
             // A round fails (and is retried next interval) rather than waiting on a dead broker
-            // forever. Generous, because an idempotent producer whose messages time out must bump
-            // its epoch, which brokers handle less well than a slow round.
+            // forever. Generous: a slow round costs less than a failed one.
             .set("message.timeout.ms", "60000")
             .set("message.max.bytes", (config.snapshot.max_record_size.0 + 4096).to_string())
             // A round reads accounts from RocksDB far faster than the broker takes them: bound
