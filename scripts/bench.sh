@@ -113,4 +113,10 @@ shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in by_thread[:6] if
 print(f"| ledgerd CPU by thread | {shown}; threads that ended {ended:.2f}s |")
 print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB |")
 print(f"| balances verified | {verify['accounts'] - verify['wrong']} / {verify['accounts']} exact |")
+# ledgerd's librdkafka threads do what the bare consumer does plus a few produces; far more means
+# a client busy-polling, as the idempotent snapshot producer did (docs/BENCHMARKS.md, 2026-12-04).
+rdkafka = sum(seconds for name, seconds in threads.items() if name.startswith("rdk:"))
+if rdkafka > 2 * bare_cpu:
+    print(f"warning: librdkafka threads took {rdkafka:.2f}s, over twice the bare consumer's whole "
+          f"{bare_cpu:.2f}s: look for a client that busy-polls (perf the rdk:broker threads)")
 PY
