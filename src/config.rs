@@ -27,6 +27,8 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("auto.offset.reset", "ledgerd decides the start offset from its own state"),
     ("partition.assignment.strategy", "ledgerd needs cooperative-sticky"),
     ("enable.partition.eof", "ledgerd manages partition EOF itself"),
+    ("acks", "ledgerd's producers need acks=all: a dead letter or snapshot counts once replicated"),
+    ("enable.idempotence", "ledgerd's producers are not idempotent (librdkafka busy-polls; see docs/BENCHMARKS.md)"),
 ];
 
 /// The whole configuration.
@@ -664,6 +666,9 @@ mod tests {
         let f = file("[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n");
         let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
         assert!(err.contains("enable.auto.commit"), "{err}");
+        let f = file("[kafka.properties]\n\"enable.idempotence\" = \"true\"\n");
+        let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
+        assert!(err.contains("enable.idempotence"), "{err}");
         let f = file("[state]\nblock_cache_size = \"lots\"\n");
         let err = Config::load_from(Some(f.path()), vec![]).unwrap_err().to_string();
         assert!(err.contains("state.block_cache_size"), "{err}");

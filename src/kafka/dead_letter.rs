@@ -9,7 +9,7 @@
 
 use super::producer::{DeliveryFuture, PolledProducer};
 use super::topics::TopicGate;
-use super::{client_config, KafkaContext};
+use super::{producer_client_config, KafkaContext};
 use crate::config::KafkaConfig;
 use crate::ledger::Rejection;
 use crate::metrics::{ErrorKind, Metrics};
@@ -65,15 +65,10 @@ impl DeadLetterProducer {
         context: KafkaContext,
     ) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
-        let mut client = client_config(config);
+        // Not idempotent (see `producer_client_config`): the topic is at-least-once anyway
+        // (copies are re-sent after a crash; dedupe on the source headers).
+        let mut client = producer_client_config(config);
         client
-            // acks=all: acknowledged means replicated. Not idempotent: the topic is at-least-once
-            // anyway (copies are re-sent after a crash; dedupe on the source headers), and an
-            // idempotent producer allows only 5 requests in flight per partition, at which cap
-            // librdkafka 2.12's broker thread busy-polls until a response arrives. Against a slow
-            // broker that burnt a whole core here (measured: docs/BENCHMARKS.md).
-            .set("enable.idempotence", "false")
-            .set("acks", "all")
             // Nothing waits on a single letter (checkpoints wait for whole batches), so batching
             // costs no throughput and keeps the request count, and the broker's load, low.
             .set("linger.ms", "50")

@@ -31,6 +31,19 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// [`client_config`] for every producer of ledgerd (dead letters, snapshots, announcements):
+/// `acks=all`, so acknowledged means replicated, and not idempotent. librdkafka 2.12 lets an
+/// idempotent producer have 5 *messages* (not requests) in flight per partition, so one batch, and
+/// while the next batch is ready its broker thread busy-polls until the response arrives: against
+/// a slow broker that burnt a whole core, first in the dead-letter producer, then in the snapshot
+/// producer (measured: docs/BENCHMARKS.md). Each producer's user says why duplicates and
+/// reordering by retries are harmless to it.
+pub fn producer_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    client.set("acks", "all").set("enable.idempotence", "false");
+    client
+}
+
 /// How long a fetch that finds nothing new may wait at the broker (librdkafka's default: 500 ms).
 /// A consumer learns that it read a partition to its end (librdkafka's partition EOF) only from
 /// such a fetch, so the end of a catch-up (its last checkpoint) and the end of a snapshot restore
@@ -182,6 +195,18 @@ mod tests {
         },
         "cgrp": {"state": "up", "join_state": "steady", "assignment_size": 3}
     }"#;
+
+    #[test]
+    fn producers_are_replicated_and_never_idempotent_whatever_the_properties_say() {
+        let mut config = KafkaConfig::default();
+        config.properties.insert("enable.idempotence".into(), "true".into());
+        config.properties.insert("acks".into(), "1".into());
+        config.properties.insert("client.id".into(), "kept".into());
+        let client = producer_client_config(&config);
+        assert_eq!(client.get("enable.idempotence"), Some("false"));
+        assert_eq!(client.get("acks"), Some("all"));
+        assert_eq!(client.get("client.id"), Some("kept"));
+    }
 
     #[test]
     fn high_watermarks_come_from_the_input_topics_fetched_partitions() {

@@ -4,7 +4,7 @@
 use super::{now_ms, Announcement, Directory};
 use crate::config::Config;
 use crate::kafka::producer::{DeliveryFuture, PolledProducer};
-use crate::kafka::{client_config, KafkaContext};
+use crate::kafka::{producer_client_config, KafkaContext};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::PartitionRegistry;
 use futures::FutureExt;
@@ -44,11 +44,10 @@ impl Announcer {
         directory: Arc<Directory>,
         metrics: Metrics,
     ) -> Result<Announcer, rdkafka::error::KafkaError> {
-        let mut client = client_config(&config.kafka);
+        // Announcements are idempotent by content (the newest per instance wins), so the producer
+        // need not be (see `producer_client_config`).
+        let mut client = producer_client_config(&config.kafka);
         client
-            // Announcements are idempotent by content (the newest per instance wins), so the
-            // producer need not be; acks=all keeps them through a leader change.
-            .set("acks", "all")
             .set("linger.ms", "0")
             // A slow broker delays an announcement rather than dropping it; the next one follows
             // within an interval anyway.

@@ -14,7 +14,7 @@
 //! acknowledged, so a retry, which may duplicate a record or let it overtake another of its round,
 //! never moves a record past its marker, and a restore picks records by `valid_through`, not by
 //! position. The producer is therefore not idempotent (librdkafka's idempotent producer busy-polls
-//! while one partition's batch is in flight, see `writer`).
+//! while one partition's batch is in flight, see `kafka::producer_client_config`).
 //!
 //! Rounds are paced: after a round that took `d`, the writer starts no other round (of any
 //! partition) for `4 × d`, and then the partition due longest goes first. While state changes

@@ -9,7 +9,7 @@
 use super::round::{self, RoundError, SnapshotSink};
 use crate::config::Config;
 use crate::kafka::producer::{DeliveryFuture, PolledProducer};
-use crate::kafka::{client_config, KafkaContext};
+use crate::kafka::{producer_client_config, KafkaContext};
 use crate::metrics::{ErrorKind, Metrics, SnapshotMetrics};
 use crate::registry::{PartitionHandle, PartitionRegistry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -136,19 +136,13 @@ impl SnapshotWriter {
     ) -> Result<Self, KafkaError> {
         let metrics = context.metrics.clone();
         let queue_kbytes = SNAPSHOT_QUEUE_KBYTES.max(2 * (config.snapshot.max_record_size.0 + 4096) / 1024);
-        let mut client = client_config(&config.kafka);
+        // Not idempotent (see `producer_client_config`; a round writes one partition, so an
+        // idempotent producer spun a core for as long as rounds ran): a round's marker is sent
+        // only once every record of the round is acknowledged, and a restore keeps each account's
+        // record with the highest `valid_through`, so neither a retry's duplicate nor a record
+        // overtaken within its round changes what is restored (src/snapshot/mod.rs).
+        let mut client = producer_client_config(&config.kafka);
         client
-            // acks=all: acknowledged means replicated. Not idempotent: a round's marker is sent
-            // only once every record of the round is acknowledged, and a restore keeps each
-            // account's record with the highest `valid_through`, so neither a retry's duplicate
-            // nor a record overtaken within its round changes what is restored (src/snapshot/mod.rs).
-            // And idempotence is costly here: librdkafka 2.12 lets an idempotent producer have 5
-            // messages (not requests) in flight per partition, so one batch, and while the next
-            // batch is ready its broker thread busy-polls until the response arrives. A round
-            // writes one partition, so that burnt a core for as long as rounds ran (measured:
-            // docs/BENCHMARKS.md).
-            .set("enable.idempotence", "false")
-            .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
