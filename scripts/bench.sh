@@ -26,8 +26,29 @@ TOPIC="bench-$(date +%s)-$$"
 
 produce_history "$PARTITIONS"
 
+# Before and after each phase: the broker's CPU seconds (when this script started it) and the
+# machine's idle seconds. ledgerd and the broker share this machine's cores, so what ledgerd makes
+# the broker do (fetches, commits, snapshot records) counts against the catch-up too.
+BROKER_PID=""
+if [[ -n "$STARTED_BROKER" ]]; then BROKER_PID="$(cat "$WORK/broker/tansu.pid")"; fi
+cpu_mark() {
+    python3 - "$BROKER_PID" >>"$WORK/marks.txt" <<'PY'
+import os, sys
+ticks = os.sysconf("SC_CLK_TCK")
+broker = -1.0
+if sys.argv[1]:
+    stat = open(f"/proc/{sys.argv[1]}/stat").read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    broker = (int(fields[11]) + int(fields[12])) / ticks
+idle = sum(int(v) for v in open("/proc/stat").readline().split()[4:6]) / ticks  # idle + iowait
+print(broker, idle)
+PY
+}
+
 echo "bare consumer drain (1/2) ..."
+cpu_mark
 "$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain1.json"
+cpu_mark
 
 HTTP_PORT="$(free_port)"
 cat >"$WORK/ledgerd.toml" <<TOML
@@ -49,6 +70,7 @@ TOML
 # BENCH_EXTRA_TOML: more settings for ledgerd, e.g. a [kafka.properties] table to try a librdkafka knob.
 printf '%s\n' "${BENCH_EXTRA_TOML:-}" >>"$WORK/ledgerd.toml"
 echo "ledgerd catch-up ..."
+cpu_mark
 "$BIN/ledgerd" run --config "$WORK/ledgerd.toml" 2>"$WORK/ledgerd.log" &
 LEDGERD_PID=$!
 PIDS+=("$LEDGERD_PID")
@@ -74,13 +96,16 @@ for tid in os.listdir(f"{proc}/task"):
     threads[re.sub(r"[-_:]?\d+$", "", name)] += seconds
 json.dump({"seconds": name_and_seconds(f"{proc}/stat")[1], "threads": threads}, sys.stdout)
 PY
+cpu_mark
 PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
 "$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
 kill -TERM "$LEDGERD_PID"
 wait "$LEDGERD_PID"
 
 echo "bare consumer drain (2/2) ..."
+cpu_mark
 "$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"
+cpu_mark
 
 python3 - "$WORK" "$PEAK_RSS_KB" "$PROFILE" <<'PY'
 import json, sys
@@ -111,6 +136,14 @@ ended = max(cpu - sum(threads.values()), 0.0)
 by_thread = sorted(threads.items(), key=lambda item: -item[1])
 shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in by_thread[:6] if seconds >= 0.01)
 print(f"| ledgerd CPU by thread | {shown}; threads that ended {ended:.2f}s |")
+# Phases from marks.txt: drain 1, catch-up (ledgerd start to every record checkpointed), drain 2.
+marks = [tuple(map(float, line.split())) for line in open(f"{work}/marks.txt")]
+phases = {"bare drain 1": marks[0:2], "ledgerd catch-up": marks[2:4], "bare drain 2": marks[4:6]}
+if marks[0][0] >= 0:
+    spent = ", ".join(f"{name} {(b[0] - a[0]) / (events / 1e6):.2f}" for name, (a, b) in phases.items())
+    print(f"| broker CPU per million events | {spent} |")
+idle = ", ".join(f"{name} {b[1] - a[1]:.1f}s" for name, (a, b) in phases.items())
+print(f"| machine idle (all cores) | {idle} |")
 print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB |")
 print(f"| balances verified | {verify['accounts'] - verify['wrong']} / {verify['accounts']} exact |")
 # ledgerd's librdkafka threads do what the bare consumer does plus a few produces; far more means
