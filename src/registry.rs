@@ -4,7 +4,7 @@
 
 use crate::store::PartitionStore;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,32 @@ pub struct PartitionHandle {
     released: AtomicBool,
     /// Held by the snapshot writer for the whole of a round, so a release can wait for it.
     round: Mutex<()>,
+    /// The next offset at which the consumer last read the partition to its end (`i64::MIN`
+    /// before it first did): the snapshot writer tells a partition catching up from one that is
+    /// current by it.
+    reached_end_at: AtomicI64,
 }
 
 impl PartitionHandle {
     pub fn new(partition: i32, store: Arc<PartitionStore>) -> PartitionHandle {
-        PartitionHandle { partition, store, released: AtomicBool::new(false), round: Mutex::new(()) }
+        PartitionHandle {
+            partition,
+            store,
+            released: AtomicBool::new(false),
+            round: Mutex::new(()),
+            reached_end_at: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Records that the consumer read the partition to its end, with `next_offset` consumed.
+    pub fn mark_reached_end(&self, next_offset: i64) {
+        self.reached_end_at.fetch_max(next_offset, Ordering::Relaxed);
+    }
+
+    /// The next offset at which the consumer last read the partition to its end, if it ever did
+    /// since this handle was made (since the partition was assigned here).
+    pub fn reached_end_at(&self) -> Option<i64> {
+        Some(self.reached_end_at.load(Ordering::Relaxed)).filter(|&offset| offset != i64::MIN)
     }
 
     /// Marks the partition as leaving and waits, at most `max_wait`, until no snapshot round of it

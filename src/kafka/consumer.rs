@@ -218,7 +218,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, m
 /// Marks `partition` as read to its end (a partition released in this poll's rebalance has no entry).
 fn reached_end(shared: &Shared, partition: i32) {
     if let Some(entry) = shared.owned().get_mut(&partition) {
-        entry.state.reached_end();
+        entry.reached_end();
     }
 }
 

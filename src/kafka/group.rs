@@ -51,6 +51,15 @@ pub(super) struct Owned {
     handle: Arc<PartitionHandle>,
 }
 
+impl Owned {
+    /// The consumer read the partition to its end: its checkpoint comes sooner, and the snapshot
+    /// writer learns that it is not catching up.
+    pub fn reached_end(&mut self) {
+        self.state.reached_end();
+        self.handle.mark_reached_end(self.state.next_offset());
+    }
+}
+
 /// How a checkpoint step treats unacknowledged dead letters of the sealed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LetterWait {

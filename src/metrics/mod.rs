@@ -58,6 +58,7 @@ pub struct MetricSet {
     snapshot_age: GaugeVec,
     snapshot_round_duration: GaugeVec,
     snapshot_offset: IntGaugeVec,
+    snapshot_waiting: IntGaugeVec,
     snapshot_truncated: IntCounter,
     restore_records: IntCounterVec,
     restore_duration: GaugeVec,
@@ -196,6 +197,11 @@ impl Metrics {
             "Duration of the partition's last complete snapshot round; the writer rests four times as long after a round.",
             &["partition"],
         );
+        let snapshot_waiting = r.gauge_vec(
+            "ledgerd_snapshot_round_waiting",
+            "1 while the partition's due snapshot round waits for the partition to catch up, else 0.",
+            &["partition"],
+        );
         let snapshot_offset = r.gauge_vec(
             "ledgerd_snapshot_offset",
             "Input offset the partition's last complete snapshot round is valid through: a restore replays from here.",
@@ -263,6 +269,7 @@ impl Metrics {
             snapshot_age,
             snapshot_round_duration,
             snapshot_offset,
+            snapshot_waiting,
             snapshot_truncated,
             restore_records,
             restore_duration,
@@ -294,6 +301,7 @@ impl Metrics {
             age: self.snapshot_age.with_label_values(&[&p]),
             round_duration: self.snapshot_round_duration.with_label_values(&[&p]),
             offset: self.snapshot_offset.with_label_values(&[&p]),
+            waiting: self.snapshot_waiting.with_label_values(&[&p]),
             truncated: self.snapshot_truncated.clone(),
         }
     }
@@ -332,6 +340,7 @@ impl Metrics {
         let _ = self.snapshot_age.remove_label_values(&[&p]);
         let _ = self.snapshot_round_duration.remove_label_values(&[&p]);
         let _ = self.snapshot_offset.remove_label_values(&[&p]);
+        let _ = self.snapshot_waiting.remove_label_values(&[&p]);
         let _ = self.restore_remaining.remove_label_values(&[&p]);
     }
 
@@ -410,6 +419,8 @@ pub struct SnapshotMetrics {
     pub age: Gauge,
     pub round_duration: Gauge,
     pub offset: IntGauge,
+    /// 1 while the partition's due round waits for its catch-up.
+    pub waiting: IntGauge,
     pub truncated: IntCounter,
 }
 

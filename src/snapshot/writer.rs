@@ -1,7 +1,8 @@
 //! The snapshot writer thread: every `snapshot.interval` it writes a round for each owned partition
 //! through its own producer, and keeps `ledgerd_snapshot_age_seconds` current. It rests after
 //! each round in proportion to the round's duration ([`REST_PER_ROUND`]), so rounds that rewrite a
-//! large, fast-changing state come less often than the interval. A failing round is logged, counted
+//! large, fast-changing state come less often than the interval, and a partition that is catching
+//! up waits for more of its input first ([`CATCH_UP_RECORDS_PER_BALANCE`]). A failing round is logged, counted
 //! and retried at the next interval (or after the rest, if that is later); it never blocks
 //! processing, which runs on the consumer thread and only waits for a round when it releases that
 //! round's partition.
@@ -31,6 +32,18 @@ const TICK: Duration = Duration::from_millis(500);
 /// round is still bounded by the number of accounts, not by the history.
 const REST_PER_ROUND: u32 = 4;
 
+/// While a partition catches up, a due round waits until the partition has consumed this many
+/// input records per balance it holds since its last round. Catching up, nearly every account
+/// changes between two rounds, so a round costs about a copy of the whole state (on the broker as
+/// well: in a 5M-event catch-up the rounds were all of the extra work ledgerd gave the broker over
+/// a bare consumer, docs/BENCHMARKS.md). Waiting makes one such round cover more input; the input
+/// a restore replays after the newest round stays below this many records per balance (plus one
+/// interval's worth), so it still grows with the accounts, not with the history.
+const CATCH_UP_RECORDS_PER_BALANCE: u64 = 4;
+
+/// How soon a round that waits for a catch-up is considered again.
+const CATCH_UP_RECHECK: Duration = Duration::from_secs(1);
+
 /// Fault injection for the end-to-end tests (the `LEDGERD_TEST_` prefix is never configuration):
 /// the process aborts, like `kill -9`, once this many snapshot records (markers included) were
 /// acknowledged in total; a count that ends inside a round aborts between its records and marker.
@@ -39,6 +52,34 @@ const ABORT_AFTER_RECORDS_VAR: &str = "LEDGERD_TEST_ABORT_SNAPSHOT_AFTER_RECORDS
 /// Of the partitions with their next round time, the one due longest, if any is due at `now`.
 fn longest_waiting(next_rounds: impl Iterator<Item = (i32, Instant)>, now: Instant) -> Option<i32> {
     next_rounds.filter(|(_, next)| *next <= now).min_by_key(|(_, next)| *next).map(|(partition, _)| partition)
+}
+
+/// Where a partition stands for its next round.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Next offset of the last complete round (`None`: no round yet).
+    last_round: Option<i64>,
+    /// Next offset at which the consumer last read the partition to its end, if it did since
+    /// the partition was assigned here.
+    reached_end_at: Option<i64>,
+    /// Next offset of the latest checkpoint.
+    checkpointed: i64,
+    /// Balances the state holds.
+    balances: usize,
+}
+
+impl Progress {
+    /// Whether the partition is catching up and its due round should wait: it has not been read
+    /// to its end since the last round, and has consumed fewer than
+    /// [`CATCH_UP_RECORDS_PER_BALANCE`] records per balance since then. A partition that reached
+    /// its end since the last round is current (its end may have moved on since, but the records
+    /// after it are an ordinary interval's worth), so its rounds follow the interval.
+    fn waits_for_catch_up(&self) -> bool {
+        let since = self.last_round.unwrap_or(0);
+        let current = self.reached_end_at.is_some_and(|end| end >= since);
+        let consumed = u64::try_from(self.checkpointed.saturating_sub(since)).unwrap_or(0);
+        !current && consumed < CATCH_UP_RECORDS_PER_BALANCE.saturating_mul(self.balances as u64)
+    }
 }
 
 /// When the writer may start its next round after one that ran from `started` to `ended`.
@@ -188,6 +229,10 @@ impl SnapshotWriter {
                     std::thread::sleep(TICK.min(rested_at.saturating_duration_since(now)));
                     continue;
                 }
+                if self.waits_for_catch_up(schedule) {
+                    schedule.next_round = now + CATCH_UP_RECHECK;
+                    continue;
+                }
                 let started = Instant::now();
                 self.round(schedule);
                 let ended = Instant::now();
@@ -201,6 +246,36 @@ impl SnapshotWriter {
         if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
             self.metrics.handled_error(ErrorKind::SnapshotWrite, &e);
         }
+    }
+
+    /// Whether the partition's due round waits for its catch-up ([`Progress::waits_for_catch_up`]);
+    /// keeps `ledgerd_snapshot_round_waiting` and logs when the waiting starts. A state that cannot
+    /// be read does not wait: the round will report the error.
+    fn waits_for_catch_up(&self, schedule: &Schedule) -> bool {
+        let handle = &schedule.handle;
+        let store = &handle.store;
+        let progress = match (store.snapshot_through(), store.checkpointed_next_offset()) {
+            (Ok(last_round), Ok(Some(checkpointed))) => Progress {
+                last_round,
+                reached_end_at: handle.reached_end_at(),
+                checkpointed,
+                balances: store.balances_held(),
+            },
+            _ => return false,
+        };
+        let waits = progress.waits_for_catch_up();
+        let was_waiting = schedule.metrics.waiting.get() == 1;
+        schedule.metrics.waiting.set(i64::from(waits));
+        if waits && !was_waiting {
+            tracing::info!(
+                partition = handle.partition,
+                last_round = progress.last_round,
+                checkpointed = progress.checkpointed,
+                balances = progress.balances,
+                "snapshot round waits while the partition catches up"
+            );
+        }
+        waits
     }
 
     fn round(&self, schedule: &mut Schedule) {
@@ -285,6 +360,29 @@ mod tests {
         assert_eq!(longest_waiting(rounds.into_iter().filter(|(p, _)| *p != 7), now), Some(11));
         assert_eq!(longest_waiting(rounds.into_iter().filter(|(p, _)| *p == 3), now), None);
         assert_eq!(longest_waiting(std::iter::empty(), now), None);
+    }
+
+    #[test]
+    fn a_round_waits_while_its_partition_catches_up() {
+        let catching_up =
+            Progress { last_round: Some(1_000), reached_end_at: None, checkpointed: 30_000, balances: 10_000 };
+        assert!(catching_up.waits_for_catch_up(), "29,000 records since the last round, under 4 per balance");
+        assert!(!Progress { checkpointed: 41_000, ..catching_up }.waits_for_catch_up(), "4 records per balance");
+        assert!(
+            catching_up.waits_for_catch_up() && !Progress { balances: 7_000, ..catching_up }.waits_for_catch_up(),
+            "the bound follows the state's size"
+        );
+        // Read to its end since the last round: current, whatever came after.
+        assert!(!Progress { reached_end_at: Some(1_000), ..catching_up }.waits_for_catch_up());
+        assert!(!Progress { reached_end_at: Some(20_000), ..catching_up }.waits_for_catch_up());
+        // Read to its end only before the last round: catching up again.
+        assert!(Progress { reached_end_at: Some(999), ..catching_up }.waits_for_catch_up());
+        // No round yet: records count from the start of the input.
+        let first = Progress { last_round: None, ..catching_up };
+        assert!(first.waits_for_catch_up());
+        assert!(!Progress { checkpointed: 40_000, ..first }.waits_for_catch_up());
+        assert!(!Progress { reached_end_at: Some(0), ..first }.waits_for_catch_up());
+        assert!(!Progress { balances: 0, ..first }.waits_for_catch_up(), "an empty state never waits");
     }
 
     #[test]

@@ -226,6 +226,11 @@ impl KeyFilter {
         self.lock().generations.list.iter().map(Generation::bytes).sum()
     }
 
+    /// Keys added and not yet dropped with their generation.
+    pub(super) fn keys(&self) -> usize {
+        self.lock().generations.list.iter().map(|generation| generation.len).sum()
+    }
+
     #[cfg(test)]
     pub(super) fn absent_answers(&self) -> u64 {
         self.absent_answers.load(Ordering::Relaxed)

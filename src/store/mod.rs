@@ -646,9 +646,23 @@ impl PartitionStore {
         &self.path
     }
 
-    /// The next offset to read as of the last checkpoint; `None` for state that never checkpointed.
+    /// The next offset to read as of opening; `None` for state that never checkpointed.
     pub fn stored_next_offset(&self) -> Option<i64> {
         self.next_offset
+    }
+
+    /// The next offset of the latest checkpoint written (read now, unlike
+    /// [`PartitionStore::stored_next_offset`]); `None` for state that never checkpointed.
+    pub fn checkpointed_next_offset(&self) -> Result<Option<i64>, StoreError> {
+        let value = self.db.get_cf(self.cf(CF_META), MetaKey::NextOffset.name())?;
+        Ok(value.map(|v| codec::decode_i64(&v)).transpose()?)
+    }
+
+    /// About how many balances (account and currency) the state holds: the keys in their filter,
+    /// which skips the 1% or so it takes for present already. Until the filter is loaded, only
+    /// the balances added since the state was opened.
+    pub fn balances_held(&self) -> usize {
+        self.filters.balances.keys()
     }
 
     /// The newest event time applied as of opening.
