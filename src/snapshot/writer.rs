@@ -2,10 +2,10 @@
 //! through its own producer, and keeps `ledgerd_snapshot_age_seconds` current. It rests after
 //! each round in proportion to the round's duration ([`REST_PER_ROUND`]), so rounds that rewrite a
 //! large, fast-changing state come less often than the interval, and a partition that is catching
-//! up waits for more of its input first ([`CATCH_UP_RECORDS_PER_BALANCE`]). A failing round is logged, counted
-//! and retried at the next interval (or after the rest, if that is later); it never blocks
-//! processing, which runs on the consumer thread and only waits for a round when it releases that
-//! round's partition.
+//! up waits for more of its input first ([`CATCH_UP_RECORDS_PER_BALANCE`]). A failing round is
+//! logged, counted and retried at the next interval (or after the rest, if that is later); it
+//! never blocks processing, which runs on the consumer thread and only waits for a round when it
+//! releases that round's partition.
 
 use super::round::{self, RoundError, SnapshotSink};
 use crate::config::Config;
@@ -37,8 +37,9 @@ const REST_PER_ROUND: u32 = 4;
 /// changes between two rounds, so a round costs about a copy of the whole state (on the broker as
 /// well: in a 5M-event catch-up the rounds were all of the extra work ledgerd gave the broker over
 /// a bare consumer, docs/BENCHMARKS.md). Waiting makes one such round cover more input; the input
-/// a restore replays after the newest round stays below this many records per balance (plus one
-/// interval's worth), so it still grows with the accounts, not with the history.
+/// a restore replays after the newest round stays below this many records per balance (plus what
+/// arrives within an interval and the writer's rest), so it still grows with the accounts, not
+/// with the history.
 const CATCH_UP_RECORDS_PER_BALANCE: u64 = 4;
 
 /// How soon a round that waits for a catch-up is considered again.
