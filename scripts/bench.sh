@@ -96,6 +96,13 @@ for tid in os.listdir(f"{proc}/task"):
     threads[re.sub(r"[-_:]?\d+$", "", name)] += seconds
 json.dump({"seconds": name_and_seconds(f"{proc}/stat")[1], "threads": threads}, sys.stdout)
 PY
+# The balance cache's hits and misses over the catch-up (read before the balance check's reads).
+python3 - "http://127.0.0.1:$HTTP_PORT/metrics" >"$WORK/cache.json" <<'PY'
+import json, re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+lookups = dict(re.findall(r'^ledgerd_state_balance_cache_lookups_total\{result="(\w+)"\} (\S+)$', text, re.M))
+json.dump({result: float(count) for result, count in lookups.items()}, sys.stdout)
+PY
 cpu_mark
 PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
 "$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
@@ -145,6 +152,10 @@ if marks[0][0] >= 0:
 idle = ", ".join(f"{name} {b[1] - a[1]:.1f}s" for name, (a, b) in phases.items())
 print(f"| machine idle (all cores) | {idle} |")
 print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB |")
+cache = load("cache")
+reads = cache.get("hit", 0) + cache.get("miss", 0)
+if reads:
+    print(f"| balance reads the balance cache answered | {cache.get('hit', 0) / reads:.1%} of {reads:,.0f} (the rest read RocksDB) |")
 print(f"| balances verified | {verify['accounts'] - verify['wrong']} / {verify['accounts']} exact |")
 # ledgerd's librdkafka threads do what the bare consumer does plus a few produces; far more means
 # a client busy-polling, as the idempotent snapshot producer did (docs/BENCHMARKS.md, 2026-12-04).

@@ -468,7 +468,7 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConf
     let metrics = ledgerd::metrics::Metrics::new();
     let mut decode_seconds = Vec::new();
     // Per pass: (wall seconds, of which checkpointing, CPU seconds of every thread of this process,
-    // RocksDB's flushes and compactions included).
+    // RocksDB's flushes and compactions included, share of balance reads the cache answered).
     let mut pass_seconds = Vec::new();
     let passes = passes.max(1);
     // The last pass's state written as one snapshot round: (accounts, bytes, seconds).
@@ -495,7 +495,9 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConf
         // RocksDB's flushes and compactions run on threads of their own: their CPU counts against
         // the pass that scheduled them, so wait for them (outside the pass's time).
         engine.wait_for_background_work()?;
-        pass_seconds.push((seconds, checkpointing.as_secs_f64(), own_cpu_seconds()? - cpu_before));
+        let cache = engine.balance_cache_stats();
+        let cache_hit_share = cache.hits as f64 / (cache.hits + cache.misses).max(1) as f64;
+        pass_seconds.push((seconds, checkpointing.as_secs_f64(), own_cpu_seconds()? - cpu_before, cache_hit_share));
         if pass + 1 == passes {
             let wrong = engine.wrong_balances(&work.expected)?;
             anyhow::ensure!(wrong == 0, "{wrong} of {} balances wrong", work.expected.len());
@@ -513,7 +515,7 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConf
     let records = work.records.len() as f64;
     let decode = median(&mut decode_seconds);
     pass_seconds.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (pass, checkpointing, _) = pass_seconds[pass_seconds.len() / 2];
+    let (pass, checkpointing, _, cache_hit_share) = pass_seconds[pass_seconds.len() / 2];
     let best = pass_seconds[0].0;
     let mut cpu: Vec<f64> = pass_seconds.iter().map(|p| p.2).collect();
     let micros_per_record = |seconds: f64| seconds * 1e6 / records;
@@ -534,6 +536,9 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConf
             // CPU of every thread, RocksDB's flushes and compactions included: the unit of the
             // end-to-end benchmark's CPU-s per million events, without a broker.
             "cpu_seconds_per_million_median": median(&mut cpu) / (records / 1e6),
+            // Balance reads that missed the pass's overlays and went to the store: the share the
+            // balance cache answered (the rest read RocksDB), in the median pass.
+            "balance_cache_hit_share_median": cache_hit_share,
             "balances_verified": work.expected.len(),
             "round_accounts": round.map(|r| r.0), "round_bytes": round.map(|r| r.1),
             "round_accounts_per_second": round.map(|r| r.0 as f64 / r.2),

@@ -10,7 +10,7 @@ use crate::ledger::{Amount, Currency};
 use crate::metrics::Metrics;
 use crate::partition::PartitionState;
 use crate::snapshot::round::{self, RoundError, SnapshotSink};
-use crate::store::{PartitionStore, StoreEnv, StoreError};
+use crate::store::{CacheStats, PartitionStore, StoreEnv, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ pub struct Engine {
     state: PartitionState,
     store: Arc<PartitionStore>,
     // Dropped last: the partition's store lives in it.
-    _env: StoreEnv,
+    env: StoreEnv,
 }
 
 impl Engine {
@@ -34,7 +34,7 @@ impl Engine {
         let (store, _) = env.open_partition("bench", 0)?;
         let store = Arc::new(store);
         let state = PartitionState::new(0, Arc::clone(&store), 0, DEDUPE_WINDOW, metrics.for_partition(0))?;
-        Ok(Engine { state, store, _env: env })
+        Ok(Engine { state, store, env })
     }
 
     /// Decodes and applies `records` as offsets 0, 1, …, sealing and writing a checkpoint every
@@ -53,6 +53,11 @@ impl Engine {
         }
         checkpointing += self.checkpoint()?;
         Ok(checkpointing)
+    }
+
+    /// Lookups the balance cache answered and did not, so far.
+    pub fn balance_cache_stats(&self) -> CacheStats {
+        self.env.balance_cache_stats()
     }
 
     /// Waits for the flushes and compactions the run left scheduled.
