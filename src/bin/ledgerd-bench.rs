@@ -119,10 +119,10 @@ enum Command {
         dir: PathBuf,
         /// state.block_cache_size in MiB (ledgerd's default; a partition's share of it when
         /// several partitions share one instance is the default divided by their number).
-        #[arg(long, default_value_t = 224)]
+        #[arg(long, default_value_t = 160)]
         block_cache_mib: u64,
         /// state.balance_cache_size in MiB (ledgerd's default, shared the same way).
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 96)]
         balance_cache_mib: u64,
         /// state.write_buffer_size in MiB (ledgerd's default, shared the same way).
         #[arg(long, default_value_t = 64)]
