@@ -3,7 +3,8 @@
 #   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a fresh topic (PARTITIONS, default 6);
 #   2. a bare rdkafka consumer drains the topic (before and after ledgerd: the broker's ceiling);
 #   3. ledgerd catches up on the same topic: rate from its first processed record to every record
-#      checkpointed, CPU seconds (user+sys) per million events (and by thread), peak RSS;
+#      checkpointed, CPU seconds (user+sys) per million events (and by thread), peak RSS (at the
+#      catch-up's end and after step 4), the share of balance reads the balance cache answered;
 #   4. every balance is verified against the generator's expectation (a fast wrong answer fails).
 # Usage: scripts/bench.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
 # PARTITIONS (default 6) sets the topic's partition count. BENCH_DEAD_LETTERS=0 generates no
@@ -106,6 +107,8 @@ PY
 cpu_mark
 PEAK_RSS_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
 "$BIN/ledgerd-bench" verify --url "http://127.0.0.1:$HTTP_PORT" --expected "$WORK/expected.json" >"$WORK/verify.json"
+# The peak again once every balance has been read over HTTP (the API's reads use the block cache).
+PEAK_RSS_WITH_CHECK_KB="$(awk '/VmHWM/ {print $2}' "/proc/$LEDGERD_PID/status")"
 kill -TERM "$LEDGERD_PID"
 wait "$LEDGERD_PID"
 
@@ -114,9 +117,9 @@ cpu_mark
 "$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"
 cpu_mark
 
-python3 - "$WORK" "$PEAK_RSS_KB" "$PROFILE" <<'PY'
+python3 - "$WORK" "$PEAK_RSS_KB" "$PROFILE" "$PEAK_RSS_WITH_CHECK_KB" <<'PY'
 import json, sys
-work, rss_kb = sys.argv[1], int(sys.argv[2])
+work, rss_kb, rss_with_check_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 produce, d1, d2, watch, verify = load("produce"), load("drain1"), load("drain2"), load("watch"), load("verify")
 bare = (d1["records_per_second"] + d2["records_per_second"]) / 2
@@ -151,7 +154,7 @@ if marks[0][0] >= 0:
     print(f"| broker CPU per million events | {spent} |")
 idle = ", ".join(f"{name} {b[1] - a[1]:.1f}s" for name, (a, b) in phases.items())
 print(f"| machine idle (all cores) | {idle} |")
-print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB |")
+print(f"| ledgerd peak RSS | {rss_kb / 1024:.0f} MiB ({rss_with_check_kb / 1024:.0f} MiB including the balance check) |")
 cache = load("cache")
 reads = cache.get("hit", 0) + cache.get("miss", 0)
 if reads:
