@@ -1,6 +1,6 @@
 //! Strings kept end to end in one `String` (an arena) and found again by position: tables of many
-//! short ids (the overlay's accounts and transactions) then hold one growing buffer instead of an
-//! allocation per id.
+//! short ids (the overlay's accounts and transactions, the balance cache's entries) then hold one
+//! growing buffer instead of an allocation per id.
 
 /// Where a string lies in an arena.
 #[derive(Clone, Copy)]

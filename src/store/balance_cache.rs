@@ -27,6 +27,7 @@
 //!
 //! [`PartitionStore`]: super::PartitionStore
 
+use crate::arena::Span;
 use crate::ledger::{Amount, Currency};
 // Seeded per process, like the overlay's tables: crafted account ids cannot aim at collisions.
 use foldhash::fast::RandomState;
@@ -45,18 +46,10 @@ const INDEX_GROUP_BYTES: usize = 16;
 /// A balance as of its partition's last write.
 struct Entry {
     owner: u32,
-    /// The account id: `ids[id_start..id_start + id_len]` of its generation.
-    id_start: u32,
-    id_len: u16,
+    /// The account id, in `Generation::ids`.
+    id: Span,
     currency: Currency,
     amount: PackedAmount,
-}
-
-impl Entry {
-    fn id<'a>(&self, ids: &'a str) -> &'a str {
-        let start = self.id_start as usize;
-        &ids[start..start + usize::from(self.id_len)]
-    }
 }
 
 /// An [`Amount`] in 13 bytes instead of 16: its decimal's scale (at most 28) and sign share a
@@ -271,7 +264,7 @@ impl Generation {
         self.index
             .find(hash, |&position| {
                 let entry = &self.entries[position as usize];
-                entry.owner == owner && entry.currency == currency && entry.id(&self.ids) == account
+                entry.owner == owner && entry.currency == currency && entry.id.of(&self.ids) == account
             })
             .map(|&position| position as usize)
     }
@@ -280,7 +273,7 @@ impl Generation {
         let Generation { ids, entries, index, .. } = self;
         let found = index.find_entry(hash, |&position| {
             let entry = &entries[position as usize];
-            entry.owner == owner && entry.currency == currency && entry.id(ids) == account
+            entry.owner == owner && entry.currency == currency && entry.id.of(ids) == account
         });
         if let Ok(found) = found {
             found.remove();
@@ -298,14 +291,12 @@ impl Generation {
         amount: Amount,
     ) {
         let position = u32::try_from(self.entries.len()).expect("a generation holds fewer than 2^32 entries");
-        // Both fit: ids are at most MAX_ID_LEN bytes and a generation's ids far below 4 GiB.
-        let (id_start, id_len) = (self.ids.len() as u32, account.len() as u16);
-        self.ids.push_str(account);
-        self.entries.push(Entry { owner, id_start, id_len, currency, amount: PackedAmount::pack(amount) });
+        let id = Span::push(&mut self.ids, account);
+        self.entries.push(Entry { owner, id, currency, amount: PackedAmount::pack(amount) });
         let Generation { ids, entries, index, .. } = self;
         index.insert_unique(hash, position, |&existing| {
             let entry = &entries[existing as usize];
-            hasher.hash_one((entry.owner, entry.id(ids), entry.currency))
+            hasher.hash_one((entry.owner, entry.id.of(ids), entry.currency))
         });
     }
 
