@@ -52,6 +52,13 @@ struct Entry {
     amount: PackedAmount,
 }
 
+impl Entry {
+    /// Whether this is `owner`'s balance of `account` in `currency` (`ids`: its generation's ids).
+    fn is(&self, ids: &str, owner: u32, account: &str, currency: Currency) -> bool {
+        self.owner == owner && self.currency == currency && self.id.of(ids) == account
+    }
+}
+
 /// An [`Amount`] in 13 bytes instead of 16: its decimal's scale (at most 28) and sign share a
 /// byte, the 96-bit mantissa follows. Exact: every amount packs and unpacks to itself.
 #[derive(Clone, Copy)]
@@ -223,7 +230,7 @@ impl Generations {
             }
             // The next generation is sized for the ids this one was given (the older one's
             // memory is freed first, so two generations are never exceeded).
-            let id_bytes = self.current.ids.len().div_ceil(self.current.entries.len().max(1)).max(1);
+            let id_bytes = self.current.ids.len().div_ceil(self.current.entries.len()).max(1);
             self.older = Generation::default();
             let next = Generation::with_limits(Limits::for_budget(self.generation_budget, id_bytes));
             self.older = std::mem::replace(&mut self.current, next);
@@ -262,19 +269,13 @@ impl Generation {
 
     fn find(&self, hash: u64, owner: u32, account: &str, currency: Currency) -> Option<usize> {
         self.index
-            .find(hash, |&position| {
-                let entry = &self.entries[position as usize];
-                entry.owner == owner && entry.currency == currency && entry.id.of(&self.ids) == account
-            })
+            .find(hash, |&position| self.entries[position as usize].is(&self.ids, owner, account, currency))
             .map(|&position| position as usize)
     }
 
     fn remove(&mut self, hash: u64, owner: u32, account: &str, currency: Currency) {
         let Generation { ids, entries, index, .. } = self;
-        let found = index.find_entry(hash, |&position| {
-            let entry = &entries[position as usize];
-            entry.owner == owner && entry.currency == currency && entry.id.of(ids) == account
-        });
+        let found = index.find_entry(hash, |&position| entries[position as usize].is(ids, owner, account, currency));
         if let Ok(found) = found {
             found.remove();
         }
