@@ -559,6 +559,48 @@ mod tests {
     }
 
     #[test]
+    fn history_pages_back_in_full_when_an_account_has_many_records_in_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let mut state = open(&env);
+        let process = |state: &mut PartitionState, offset: i64, account: &str| {
+            let json = format!(
+                r#"{{"transaction_id":"t{offset}","timestamp":"2024-03-11T12:30:45Z","account_id":"{account}","type":"deposit","amount":"1.00","currency":"USD"}}"#
+            );
+            let event = decode(InputFormat::Json, Some(account.as_bytes()), Some(json.as_bytes()), None);
+            assert_eq!(state.process(offset, Some(account.as_bytes()), &event).unwrap(), Disposition::Applied);
+        };
+        // 150 records of one account among 50 of another (more than one key's worth), then 10 more.
+        for offset in 0..200 {
+            process(&mut state, offset, if offset % 4 == 3 { "b" } else { "6ad87cf1" });
+        }
+        assert_eq!(state.checkpoint().unwrap(), Some(200));
+        for offset in 200..210 {
+            process(&mut state, offset, "6ad87cf1");
+        }
+        assert_eq!(state.checkpoint().unwrap(), Some(210));
+
+        let store = state.store();
+        let mut listed = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.history_page("6ad87cf1", before, 7).unwrap();
+            listed.extend(page.entries.iter().map(|e| e.offset));
+            before = page.entries.last().map(|e| e.offset);
+            if !page.more {
+                break;
+            }
+        }
+        let expected: Vec<i64> = (0..210).rev().filter(|offset| offset % 4 != 3 || *offset >= 200).collect();
+        assert_eq!(listed, expected);
+        let b: Vec<i64> = store.history_page("b", None, 100).unwrap().entries.iter().map(|e| e.offset).collect();
+        assert_eq!(b, (0..200).rev().filter(|offset| offset % 4 == 3).collect::<Vec<_>>());
+        let read = store.read_account("6ad87cf1", Some(i64::MAX)).unwrap().unwrap();
+        assert_eq!(read.applied_history.len(), 160);
+        assert_eq!(usd_balance(&state).as_deref(), Some("160.00"));
+    }
+
+    #[test]
     fn state_from_before_history_existed_opens_with_its_floor_at_its_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::store::test_env(dir.path());

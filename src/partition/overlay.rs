@@ -17,6 +17,10 @@ use std::hash::BuildHasher;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
+/// At most this many history entries share a RocksDB key: a page of history reads whole values,
+/// and an account with thousands of records in one checkpoint should not make it read them all.
+const HISTORY_PER_KEY: usize = 64;
+
 /// One account touched by the batch.
 struct Account {
     /// Its id, in `Overlay::account_ids`.
@@ -171,10 +175,16 @@ impl Overlay {
             .map(|(position, (account, _))| (u64::from(rank[*account as usize]) << 32) | position as u64)
             .collect();
         history.sort_unstable();
-        for rank_and_position in history {
-            let (_, entry) = &self.history[rank_and_position as u32 as usize];
-            let (id, _) = in_key_order[(rank_and_position >> 32) as usize];
-            batch.put_history(id, entry, watermark_micros);
+        // An account's entries go in as one key (up to HISTORY_PER_KEY of them), not one each.
+        let mut entries: Vec<&HistoryEntry> = Vec::new();
+        for same_account in history.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let (id, _) = in_key_order[(same_account[0] >> 32) as usize];
+            for chunk in same_account.chunks(HISTORY_PER_KEY) {
+                entries.clear();
+                entries
+                    .extend(chunk.iter().map(|&rank_and_position| &self.history[rank_and_position as u32 as usize].1));
+                batch.put_history(id, &entries, watermark_micros);
+            }
         }
 
         for &(id, position) in &in_key_order {

@@ -10,7 +10,7 @@
 //! | `balances`     | account prefix, currency (3 bytes)             | format byte, amount, changed-at offset |
 //! | `transactions` | account prefix, transaction id                 | format byte, event time, record |
 //! | `restore_skip` | account prefix                                 | i64 BE: the account's snapshot offset |
-//! | `history`      | account prefix, input offset (i64 BE)          | format byte, retention time, protobuf |
+//! | `history`      | account prefix, input offset (i64 BE) of the first entry | format byte, newest retention time, one entry or a checkpoint's entries of the account (`codec`) |
 
 use crate::ledger::Currency;
 
@@ -99,7 +99,8 @@ pub fn transaction_into(key: &mut Vec<u8>, account: &str, transaction_id: &str) 
     key.extend_from_slice(transaction_id.as_bytes());
 }
 
-/// An account's history entry at `offset` (offsets are never negative, so BE order is numeric).
+/// The key of `account`'s history entries from `offset` on (offsets are never negative, so BE
+/// order is numeric).
 pub fn history(account: &str, offset: i64) -> Vec<u8> {
     let mut key = Vec::with_capacity(10 + account.len());
     history_into(&mut key, account, offset);

@@ -532,9 +532,11 @@ impl PartitionStore {
         let prefix = keys::account_prefix(account);
         for item in view.iterator_cf_opt(self.cf(CF_HISTORY), bounded(&prefix), IteratorMode::Start) {
             let (key, value) = item?;
-            let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
-            if entry.effect.is_some() && entry.event_time_micros.is_some_and(&keep) {
-                out.push(entry);
+            for stored in codec::history_entries(keys::history_offset(&key).unwrap_or(-1), &value)? {
+                let entry = stored.decode()?;
+                if entry.effect.is_some() && entry.event_time_micros.is_some_and(&keep) {
+                    out.push(entry);
+                }
             }
         }
         Ok(out)
@@ -559,19 +561,25 @@ impl PartitionStore {
         });
         let horizon = self.horizons.history.load(Ordering::Relaxed);
         let mut entries = Vec::new();
-        let mut more = false;
         for item in view.iterator_cf_opt(self.cf(CF_HISTORY), read, IteratorMode::End) {
             let (key, value) = item?;
             if codec::history_retention_micros(&value).is_some_and(|t| t < horizon) {
                 continue;
             }
-            if entries.len() == limit {
-                more = true;
-                break;
+            // A value holds one checkpoint's entries of the account, filed under the first: the
+            // one below `before` may hold later entries too.
+            let stored = codec::history_entries(keys::history_offset(&key).unwrap_or(-1), &value)?;
+            for stored in stored.iter().rev() {
+                if before.is_some_and(|before| stored.offset >= before) || stored.retention_micros < horizon {
+                    continue;
+                }
+                if entries.len() == limit {
+                    return Ok(HistoryPage { next_offset, entries, more: true });
+                }
+                entries.push(stored.decode()?);
             }
-            entries.push(codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?);
         }
-        Ok(HistoryPage { next_offset, entries, more })
+        Ok(HistoryPage { next_offset, entries, more: false })
     }
 
     /// Every account's balances at event time `as_of_micros`, from one consistent view, in key
@@ -599,13 +607,19 @@ impl PartitionStore {
             for item in view.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
                 let (key, value) = item?;
                 let Some((account, _)) = keys::split_account(&key) else { continue };
-                // An applied entry's retention time is its event time: most are skipped undecoded.
+                // An applied entry's retention time is its event time: most are skipped undecoded,
+                // a whole value when its newest is not later.
                 if codec::history_retention_micros(&value).is_some_and(|t| t <= time) {
                     continue;
                 }
-                let entry = codec::decode_history(keys::history_offset(&key).unwrap_or(-1), &value)?;
-                if entry.effect.is_some() && entry.event_time_micros.is_some_and(|t| t > time) {
-                    later.entry(account.to_owned()).or_default().push(entry);
+                for stored in codec::history_entries(keys::history_offset(&key).unwrap_or(-1), &value)? {
+                    if stored.retention_micros <= time {
+                        continue;
+                    }
+                    let entry = stored.decode()?;
+                    if entry.effect.is_some() && entry.event_time_micros.is_some_and(|t| t > time) {
+                        later.entry(account.to_owned()).or_default().push(entry);
+                    }
                 }
             }
         }
@@ -923,13 +937,16 @@ impl Checkpoint<'_> {
         self.transaction_keys.push((self.store.filters.transactions.hash(&self.key), record.event_time_micros));
     }
 
-    /// Records what became of the input record at `entry.offset` in `account`'s history.
-    /// `watermark_micros` stands in as the retention time of a record without an event time.
-    pub fn put_history(&mut self, account: &str, entry: &HistoryEntry, watermark_micros: i64) {
-        let retention = entry.event_time_micros.unwrap_or(watermark_micros);
-        keys::history_into(&mut self.key, account, entry.offset);
+    /// Records what became of the input records at the `entries`' offsets in `account`'s history,
+    /// as one key (filed under the first offset). `entries` must be in offset order and must not
+    /// reach into another checkpoint's offsets. `watermark_micros` stands in as the retention time
+    /// of a record without an event time.
+    pub fn put_history(&mut self, account: &str, entries: &[&HistoryEntry], watermark_micros: i64) {
+        let Some(first) = entries.first() else { return };
+        keys::history_into(&mut self.key, account, first.offset);
         self.value.clear();
-        codec::encode_history_into(entry, retention, &mut self.value);
+        let retention = |entry: &HistoryEntry| entry.event_time_micros.unwrap_or(watermark_micros);
+        codec::encode_history_into(entries, retention, &mut self.value);
         self.batch.put_cf(self.store.cf(CF_HISTORY), &self.key, &self.value);
     }
 
@@ -1050,6 +1067,11 @@ pub fn all_balances(store: &PartitionStore) -> Result<Vec<(String, Currency, Amo
 /// A small store environment in `dir`, for tests across the crate.
 #[cfg(test)]
 pub(crate) fn test_env(dir: &Path) -> StoreEnv {
+    test_env_keeping_history(dir, std::time::Duration::ZERO)
+}
+
+#[cfg(test)]
+pub(crate) fn test_env_keeping_history(dir: &Path, history_retention: std::time::Duration) -> StoreEnv {
     use crate::config::ByteSize;
     StoreEnv::new(&StateConfig {
         dir: dir.to_owned(),
@@ -1057,7 +1079,7 @@ pub(crate) fn test_env(dir: &Path) -> StoreEnv {
         balance_cache_size: ByteSize(4 << 20),
         write_buffer_size: ByteSize(4 << 20),
         release_grace: std::time::Duration::from_secs(600),
-        history_retention: std::time::Duration::ZERO,
+        history_retention,
     })
     .expect("a temp dir takes a store")
 }
@@ -1087,6 +1109,63 @@ mod tests {
             reverses: None,
             reversed: false,
         }
+    }
+
+    fn applied(offset: i64, micros: i64) -> HistoryEntry {
+        HistoryEntry {
+            offset,
+            outcome: crate::ledger::HistoryOutcome::Applied,
+            transaction_id: format!("t{offset}"),
+            kind: Some(EventKind::Deposit),
+            effect: Some((Amount::parse("1.00").unwrap(), usd())),
+            event_time_micros: Some(micros),
+            reverses: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn history_kept_several_entries_to_a_key_pages_and_expires_entry_by_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        // Retention of 100 µs behind the watermark.
+        let env = test_env_keeping_history(dir.path(), std::time::Duration::from_micros(100));
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let offsets = |page: HistoryPage| (page.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), page.more);
+        let history_keys = |store: &PartitionStore| -> Vec<Option<i64>> {
+            let cf = store.cf(CF_HISTORY);
+            store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            store.db.iterator_cf(cf, IteratorMode::Start).map(|item| keys::history_offset(&item.unwrap().0)).collect()
+        };
+
+        let mut cp = store.begin();
+        let (a0, a2, a4, a6) = (applied(0, 10), applied(2, 20), applied(4, 350), applied(6, 40));
+        cp.put_history("a", &[&a0, &a2, &a4, &a6], 0);
+        cp.put_history("b", &[&applied(1, 50)], 0);
+        cp.commit(10, 350).unwrap();
+        let mut cp = store.begin();
+        cp.put_history("a", &[&applied(12, 400), &applied(13, 410)], 0);
+        cp.commit(20, 410).unwrap();
+
+        // The horizon is 310: of the first value, only offset 4 is still history.
+        assert_eq!(offsets(store.history_page("a", None, 10).unwrap()), (vec![13, 12, 4], false));
+        assert_eq!(offsets(store.history_page("a", None, 2).unwrap()), (vec![13, 12], true));
+        assert_eq!(offsets(store.history_page("a", Some(13), 1).unwrap()), (vec![12], true));
+        assert_eq!(offsets(store.history_page("a", Some(12), 2).unwrap()), (vec![4], false));
+        assert_eq!(offsets(store.history_page("a", Some(5), 2).unwrap()), (vec![4], false));
+        assert_eq!(offsets(store.history_page("a", Some(4), 2).unwrap()), (vec![], false));
+        assert!(store.history_page("b", None, 10).unwrap().entries.is_empty());
+        // Point in time: every retained applied entry, whatever value holds it.
+        let retained = store.applied_history(&store.db.snapshot(), "a", |_| true).unwrap();
+        assert_eq!(retained.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 2, 4, 6, 12, 13]);
+        assert_eq!(retained[2], a4);
+        // Compaction drops a value once all of its entries are past the horizon: b's, not a's first.
+        assert_eq!(history_keys(&store), vec![Some(0), Some(12)]);
+
+        let mut cp = store.begin();
+        cp.put_history("a", &[&applied(20, 500)], 0);
+        cp.commit(21, 500).unwrap();
+        assert_eq!(offsets(store.history_page("a", None, 10).unwrap()), (vec![20, 13, 12], false));
+        assert_eq!(history_keys(&store), vec![Some(12), Some(20)]);
     }
 
     #[test]
