@@ -176,13 +176,13 @@ impl Overlay {
             .collect();
         history.sort_unstable();
         // An account's entries go in as one key (up to HISTORY_PER_KEY of them), not one each.
+        let entry_at = |rank_and_position: &u64| &self.history[*rank_and_position as u32 as usize].1;
         let mut entries: Vec<&HistoryEntry> = Vec::new();
         for same_account in history.chunk_by(|a, b| a >> 32 == b >> 32) {
             let (id, _) = in_key_order[(same_account[0] >> 32) as usize];
             for chunk in same_account.chunks(HISTORY_PER_KEY) {
                 entries.clear();
-                entries
-                    .extend(chunk.iter().map(|&rank_and_position| &self.history[rank_and_position as u32 as usize].1));
+                entries.extend(chunk.iter().map(entry_at));
                 batch.put_history(id, &entries, watermark_micros);
             }
         }
