@@ -29,9 +29,10 @@ const TRANSACTION_V2_FIXED: usize = 1 + 8 + 1 + 1 + 16 + 3;
 const HISTORY_V1: u8 = 1;
 /// Format of a history value holding several entries of one account, oldest first, filed under
 /// the first one's offset: byte 2, the newest retention time among them (where V1 keeps its one),
-/// the number of entries (varint), then per entry its offset after the key's (varint), its retention time (i64 BE), the
-/// protobuf's length (u32 BE) and the protobuf. An account's records of one checkpoint become one
-/// RocksDB key instead of one each: fewer memtable inserts, and less to flush and compact.
+/// the number of entries (varint), then per entry its offset after the key's (varint), its
+/// retention time (i64 BE), the protobuf's length (u32 BE) and the protobuf. An account's records
+/// of one checkpoint become one RocksDB key instead of one each: fewer memtable inserts, and less
+/// to flush and compact.
 const HISTORY_V2: u8 = 2;
 /// Retention time, then the V2 entry's protobuf length.
 const HISTORY_V2_ENTRY_FIXED: usize = 8 + 4;

@@ -10,7 +10,9 @@
 //! | `balances`     | account prefix, currency (3 bytes)             | format byte, amount, changed-at offset |
 //! | `transactions` | account prefix, transaction id                 | format byte, event time, record |
 //! | `restore_skip` | account prefix                                 | i64 BE: the account's snapshot offset |
-//! | `history`      | account prefix, input offset (i64 BE) of the first entry | format byte, newest retention time, one entry or a checkpoint's entries of the account (`codec`) |
+//! | `history`      | account prefix, first entry's offset (i64 BE)  | format byte, newest retention time, entries |
+//!
+//! A `history` value holds one entry, or an account's entries of one checkpoint (see `codec`).
 
 use crate::ledger::Currency;
 
