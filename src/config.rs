@@ -118,8 +118,8 @@ pub struct StateConfig {
     #[serde(with = "humantime_serde")]
     pub release_grace: Duration,
     /// How much event time of per-account history (audit trail, point-in-time balances) is kept,
-    /// behind the partition's newest event; "0s" keeps all of it. Older entries are no longer
-    /// served at once and leave the disk at compaction, an account's entries of one checkpoint
+    /// behind the partition's newest event; "0s" keeps all of it. Reads leave older entries out
+    /// at once; the disk frees them at compaction, an account's entries of one checkpoint
     /// together (once the newest of them is older).
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
