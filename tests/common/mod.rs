@@ -341,6 +341,19 @@ impl Ledgerd {
         self.metric("ledgerd_checkpointed_offset", &[]) as i64
     }
 
+    /// The checkpointed next offset of each partition this instance reports.
+    pub fn checkpointed_offsets(&self) -> BTreeMap<i32, i64> {
+        let Some((200, text)) = self.get("/metrics") else { return BTreeMap::new() };
+        text.lines()
+            .filter_map(|line| {
+                let labels = line.strip_prefix("ledgerd_checkpointed_offset{")?;
+                let partition = labels.split("partition=\"").nth(1)?.split('"').next()?.parse().ok()?;
+                let offset = line.rsplit(' ').next()?.parse::<f64>().ok()?;
+                Some((partition, offset as i64))
+            })
+            .collect()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
@@ -462,18 +475,34 @@ pub fn balances(instance: &Ledgerd, account: &str) -> Option<BTreeMap<String, St
     )
 }
 
-/// Waits until the checkpointed offsets reported by `instances` add up to every record produced.
+/// Waits until `instances` have checkpointed every partition up to its `end`.
+///
+/// Each partition must be reported by exactly one of `instances`: a member the group dropped (its
+/// heartbeats late on a slow broker) can report a partition it has lost until it notices, and
+/// counting both it and the new owner, which may still be replaying, would end the wait early.
 pub fn wait_caught_up(instances: &[&Ledgerd], end: &BTreeMap<i32, i64>, timeout: Duration) {
     let total: i64 = end.values().sum();
     let started = Instant::now();
     loop {
-        let seen: i64 = instances.iter().map(|i| i.checkpointed_total()).sum();
-        if seen >= total {
+        let reports: Vec<BTreeMap<i32, i64>> = instances.iter().map(|i| i.checkpointed_offsets()).collect();
+        let behind: Vec<String> = end
+            .iter()
+            .filter_map(|(partition, end)| {
+                let offsets: Vec<i64> = reports.iter().filter_map(|r| r.get(partition)).copied().collect();
+                (offsets.len() != 1 || offsets[0] < *end)
+                    .then(|| format!("partition {partition}: {offsets:?} of {end}"))
+            })
+            .collect();
+        if behind.is_empty() {
             break;
         }
         if started.elapsed() > timeout {
             let logs: Vec<String> = instances.iter().map(|i| i.log()).collect();
-            panic!("{seen} of {total} records checkpointed after {timeout:?}; logs:\n{}", logs.join("\n----\n"));
+            panic!(
+                "not caught up with {total} records after {timeout:?} ({}); logs:\n{}",
+                behind.join(", "),
+                logs.join("\n----\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
