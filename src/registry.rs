@@ -4,7 +4,7 @@
 
 use crate::store::PartitionStore;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,17 +19,40 @@ pub struct PartitionHandle {
     /// before it first did): the snapshot writer tells a partition catching up from one that is
     /// current by it.
     reached_end_at: AtomicI64,
+    /// The group's committed offset when the partition was assigned here: how far its previous
+    /// owner had checkpointed, and so what it may have served. The API serves this partition only
+    /// once its state has been checkpointed that far, so a read never goes back in time across a
+    /// handover (a restore from a snapshot starts behind the previous owner, then replays).
+    serve_from: i64,
 }
 
 impl PartitionHandle {
+    /// A handle served at once (tests; the consumer passes the committed offset it found).
+    #[cfg(test)]
     pub fn new(partition: i32, store: Arc<PartitionStore>) -> PartitionHandle {
+        PartitionHandle::serving_from(partition, store, None)
+    }
+
+    /// A handle served once its state is checkpointed up to `committed`, the group's committed
+    /// offset at assignment (at once without one).
+    pub fn serving_from(partition: i32, store: Arc<PartitionStore>, committed: Option<i64>) -> PartitionHandle {
         PartitionHandle {
             partition,
             store,
             released: AtomicBool::new(false),
             round: Mutex::new(()),
             reached_end_at: AtomicI64::new(i64::MIN),
+            serve_from: committed.unwrap_or(i64::MIN),
         }
+    }
+
+    /// Whether the state has caught up with what the partition's previous owner had checkpointed.
+    pub fn is_serving(&self) -> bool {
+        let checkpointed = self.store.last_checkpoint();
+        checkpointed >= self.serve_from
+            // A committed offset beyond the partition's end (the topic was deleted and created
+            // again) is never reached: checkpointed through the end is as far as anyone gets.
+            || self.reached_end_at().is_some_and(|end| checkpointed >= end)
     }
 
     /// Records that the consumer read the partition to its end, with `next_offset` consumed.
@@ -80,38 +103,39 @@ pub struct PartitionRegistry {
     /// Set once start-up has checked the topics (the API then knows the input's partition count).
     topics_checked: AtomicBool,
     stopping: AtomicBool,
-    /// Bumped whenever the set of ready partitions changes (the announcer watches it).
-    version: AtomicU64,
 }
 
 impl PartitionRegistry {
     pub fn insert(&self, handle: Arc<PartitionHandle>) {
         self.preparing.write().unwrap_or_else(|e| e.into_inner()).remove(&handle.partition);
         self.owned.write().unwrap_or_else(|e| e.into_inner()).insert(handle.partition, handle);
-        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn remove(&self, partition: i32) -> Option<Arc<PartitionHandle>> {
         self.preparing.write().unwrap_or_else(|e| e.into_inner()).remove(&partition);
-        let removed = self.owned.write().unwrap_or_else(|e| e.into_inner()).remove(&partition);
-        self.version.fetch_add(1, Ordering::AcqRel);
-        removed
+        self.owned.write().unwrap_or_else(|e| e.into_inner()).remove(&partition)
     }
 
-    /// Changes whenever a partition becomes ready or leaves.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    /// The store of `partition` if it is owned and ready here.
+    /// The store of `partition` if it is owned here and served (see [`PartitionHandle::is_serving`]).
     pub fn store(&self, partition: i32) -> Option<Arc<PartitionStore>> {
         let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
-        owned.get(&partition).map(|h| Arc::clone(&h.store))
+        owned.get(&partition).filter(|h| h.is_serving()).map(|h| Arc::clone(&h.store))
     }
 
-    /// Whether `partition` is assigned here but still restoring.
+    /// Whether `partition` is assigned here but still restoring, or not yet caught up with its
+    /// previous owner.
     pub fn is_preparing(&self, partition: i32) -> bool {
-        self.preparing.read().unwrap_or_else(|e| e.into_inner()).contains(&partition)
+        if self.preparing.read().unwrap_or_else(|e| e.into_inner()).contains(&partition) {
+            return true;
+        }
+        let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
+        owned.get(&partition).is_some_and(|h| !h.is_serving())
+    }
+
+    /// The owned partitions the API serves, in order: what this instance announces.
+    pub fn serving_partitions(&self) -> Vec<i32> {
+        let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
+        owned.values().filter(|h| h.is_serving()).map(|h| h.partition).collect()
     }
 
     pub fn mark_preparing(&self, partition: i32) {

@@ -86,7 +86,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// 503 with `Retry-After`: the partition is between owners (or this instance is still starting).
 fn moving(partition: Option<i32>) -> Response {
     let message = match partition {
-        Some(p) => format!("partition {p} is moving between instances or still restoring; retry shortly"),
+        Some(p) => format!("partition {p} is moving between instances or still catching up; retry shortly"),
         None => "this instance does not know the input's partitions yet; retry shortly".to_owned(),
     };
     let mut response =
@@ -504,5 +504,55 @@ mod tests {
             }
         }
         assert!(moving > 10, "{moving}");
+    }
+
+    #[tokio::test]
+    async fn a_partition_taken_over_behind_its_previous_owner_answers_503_until_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let (store, _) = env.open_partition("transactions", 0).unwrap();
+        let store = Arc::new(store);
+        let usd = Currency::parse("USD").unwrap();
+        // As after a restore from a snapshot through offset 10, where the previous owner had
+        // checkpointed (and served) through offset 40.
+        let mut batch = store.begin();
+        batch.put_balance("acct-1", usd, Amount::parse("12.50").unwrap(), 10);
+        batch.commit(10, 0).unwrap();
+        let registry = Arc::new(PartitionRegistry::default());
+        registry.insert(Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(40))));
+        let app = router(ApiState {
+            registry: Arc::clone(&registry),
+            metrics: Metrics::new(),
+            guard: Arc::new(Guard::new(None, 16 << 10, 0)),
+            routing: Arc::new(one_partition()),
+        });
+
+        let (status, headers) = get(&app, "/v1/accounts/acct-1", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "12.50 is older than what was served before");
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert!(registry.serving_partitions().is_empty(), "not announced while behind");
+
+        let mut batch = store.begin();
+        batch.put_balance("acct-1", usd, Amount::parse("20.00").unwrap(), 39);
+        batch.commit(39, 0).unwrap();
+        assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+        let mut batch = store.begin();
+        batch.put_balance("acct-1", usd, Amount::parse("31.25").unwrap(), 40);
+        batch.commit(40, 0).unwrap();
+        assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::OK);
+        assert_eq!(registry.serving_partitions(), vec![0]);
+
+        // A committed offset the partition never reaches (its topic was created again): served
+        // once checkpointed through the partition's end.
+        let handle = Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(1_000)));
+        registry.insert(Arc::clone(&handle));
+        assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        handle.mark_reached_end(41);
+        assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        let mut batch = store.begin();
+        batch.put_balance("acct-1", usd, Amount::parse("31.50").unwrap(), 41);
+        batch.commit(41, 0).unwrap();
+        assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::OK);
     }
 }

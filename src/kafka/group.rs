@@ -279,14 +279,26 @@ impl Shared {
     /// Adds a prepared partition to the consumer's assignment at the offset its state dictates.
     pub fn start_consuming(&self, consumer: &BaseConsumer<GroupContext>, prepared: Prepared) {
         let partition = prepared.partition;
-        {
+        let current = {
             let mut pending = self.pending();
-            match pending.get(&partition) {
-                Some(p) if p.generation == prepared.generation => pending.remove(&partition),
-                // Revoked (and perhaps assigned again) while it was being prepared.
-                _ => return,
-            };
-            self.pending_changed(&pending);
+            let current = pending.get(&partition).is_some_and(|p| p.generation == prepared.generation);
+            if current {
+                pending.remove(&partition);
+                self.pending_changed(&pending);
+            }
+            current
+        };
+        if !current {
+            // Revoked (and perhaps assigned again) while it was being prepared. Preparing made the
+            // partition's gauges (at 0); left behind, they would report a partition this instance
+            // does not consume, stuck at offset 0. Unless it is here again by now: a newer
+            // assignment's gauges are the same series, and removing them would orphan its handles.
+            // Both guards live to the end of the statement: `owned` first, as everywhere else.
+            let again = self.owned().contains_key(&partition) || self.pending().contains_key(&partition);
+            if !again {
+                self.metrics.remove_partition(partition);
+            }
+            return;
         }
         let topic = &self.config.kafka.input_topic;
         // Never resume from the group's committed offset: it may lag the state (the commit
@@ -300,7 +312,8 @@ impl Shared {
             self.metrics.handled_error(ErrorKind::Rebalance, &e);
         }
         prepared.state.announce();
-        let handle = Arc::new(PartitionHandle::new(partition, Arc::clone(prepared.state.store())));
+        let handle =
+            Arc::new(PartitionHandle::serving_from(partition, Arc::clone(prepared.state.store()), prepared.committed));
         tracing::info!(
             partition,
             next_offset = prepared.state.next_offset(),

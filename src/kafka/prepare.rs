@@ -32,6 +32,9 @@ pub(super) struct Prepared {
     pub state: PartitionState,
     /// Where the start offset comes from: "state", "snapshot" or "beginning".
     pub source: &'static str,
+    /// The group's committed offset at assignment, if it could be read: the API serves the
+    /// partition once its state is checkpointed that far (see `PartitionHandle::serving_from`).
+    pub committed: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +50,9 @@ pub(super) fn run(shared: Arc<Shared>, partition: i32, generation: u64, cancel: 
     let _span = tracing::info_span!("partition", partition).entered();
     let started = Instant::now();
     match prepare(&shared, partition, generation, &cancel) {
-        Ok((state, source)) => {
+        Ok((state, source, committed)) => {
             tracing::info!(partition, source, seconds = started.elapsed().as_secs_f64(), "partition prepared");
-            shared.send_prepared(Prepared { partition, generation, state, source });
+            shared.send_prepared(Prepared { partition, generation, state, source, committed });
         }
         Err(PrepareError::Cancelled) => tracing::info!(partition, "preparation cancelled: partition revoked"),
         Err(PrepareError::Fatal(message)) => shared.fail(message),
@@ -61,25 +64,29 @@ fn prepare(
     partition: i32,
     generation: u64,
     cancel: &CancellationToken,
-) -> Result<(PartitionState, &'static str), PrepareError> {
+) -> Result<(PartitionState, &'static str, Option<i64>), PrepareError> {
     let opening = Instant::now();
     let store = open(shared, partition, cancel)?;
     let local = store.stored_next_offset();
     tracing::debug!(partition, local, seconds = opening.elapsed().as_secs_f64(), "local state opened");
+    let committed = match shared.committed.lookup(partition, generation, COMMITTED_TIMEOUT) {
+        Ok(committed) => committed,
+        Err(e) => {
+            // Without the committed offset staleness cannot be told; local state is still exact,
+            // and the partition is served at once, as if it had no previous owner.
+            shared.metrics.handled_error(
+                ErrorKind::Restore,
+                &format_args!("partition {partition}: cannot read the group's committed offset: {e}"),
+            );
+            None
+        }
+    };
     if let Some(local) = local {
-        match shared.committed.lookup(partition, generation, COMMITTED_TIMEOUT) {
-            Ok(Some(committed)) if committed > local => {
+        match committed {
+            Some(committed) if committed > local => {
                 tracing::info!(partition, local, committed, "local state is behind the group; checking the snapshot");
             }
-            Ok(_) => return Ok((state(shared, partition, store)?, "state")),
-            Err(e) => {
-                // Without the committed offset staleness cannot be told; the local state is exact.
-                shared.metrics.handled_error(
-                    ErrorKind::Restore,
-                    &format_args!("partition {partition}: cannot read the group's committed offset: {e}"),
-                );
-                return Ok((state(shared, partition, store)?, "state"));
-            }
+            _ => return Ok((state(shared, partition, store)?, "state", committed)),
         }
     }
 
@@ -100,13 +107,17 @@ fn prepare(
                 restore_from = plan.restore_from,
                 "local state is not older than the snapshot; keeping it"
             );
-            return Ok((state(shared, partition, store)?, "state"));
+            return Ok((state(shared, partition, store)?, "state", committed));
         }
         None => {
             if local.is_none() {
                 tracing::info!(partition, "no snapshot to restore from; replaying the input from its beginning");
             }
-            return Ok((state(shared, partition, store)?, if local.is_some() { "state" } else { "beginning" }));
+            return Ok((
+                state(shared, partition, store)?,
+                if local.is_some() { "state" } else { "beginning" },
+                committed,
+            ));
         }
     };
 
@@ -144,7 +155,7 @@ fn prepare(
         seconds,
         "partition restored from snapshot"
     );
-    Ok((state(shared, partition, store)?, "snapshot"))
+    Ok((state(shared, partition, store)?, "snapshot", committed))
 }
 
 fn read_snapshot(

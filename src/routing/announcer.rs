@@ -70,15 +70,16 @@ impl Announcer {
 
     /// Announces until `shutdown`, then announces that this instance is leaving. Blocking.
     pub fn run(self, shutdown: &CancellationToken) {
-        let mut announced: Option<(u64, Instant)> = None;
+        let mut announced: Option<(Vec<i32>, Instant)> = None;
         let mut in_flight = Vec::new();
         while !shutdown.is_cancelled() {
-            let version = self.registry.version();
-            let due = announced.is_none_or(|(v, at)| v != version || at.elapsed() >= self.interval);
+            // Compared, not versioned: a partition becomes served when a checkpoint catches it up
+            // with its previous owner, which changes no registry entry.
+            let partitions = self.registry.serving_partitions();
+            let due = announced.as_ref().is_none_or(|(p, at)| *p != partitions || at.elapsed() >= self.interval);
             if due {
-                let partitions = self.registry.handles().iter().map(|h| h.partition).collect();
-                in_flight.extend(self.announce(partitions, false));
-                announced = Some((version, Instant::now()));
+                in_flight.extend(self.announce(partitions.clone(), false));
+                announced = Some((partitions, Instant::now()));
             }
             self.check_deliveries(&mut in_flight);
             std::thread::sleep(CHANGE_CHECK);

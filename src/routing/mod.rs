@@ -4,7 +4,8 @@
 //! ([`Partitioner`]). Every instance announces, on a small log-compacted topic
 //! (`routing.topic`, one partition, key = instance id), which partitions it serves right now
 //! and at which URL ([`announcer`]); every instance reads that topic ([`directory`]) and so knows
-//! where to forward a request. Only partitions that are restored and consuming are announced, an
+//! where to forward a request. Only partitions that are restored, consuming, and checkpointed as far
+//! as their previous owner had are announced (see `PartitionHandle::is_serving`), an
 //! announcement expires after three announce intervals without a successor, and an instance that
 //! leaves announces that first: a partition nobody claims is *moving*, and the API answers 503
 //! with `Retry-After` instead of a guess.
@@ -26,7 +27,7 @@ pub struct Announcement {
     pub input_topic: String,
     /// Where its HTTP API is reached by other instances, e.g. `http://ledgerd-0.ledgerd:8080`.
     pub url: String,
-    /// Input partitions it serves (restored and consuming).
+    /// Input partitions it serves (restored, consuming, caught up with their previous owner).
     pub partitions: Vec<i32>,
     /// Sender's wall clock, milliseconds since the Unix epoch.
     pub sent_at_ms: i64,

@@ -407,6 +407,9 @@ pub struct PartitionStore {
     _loader: Loader,
     balances: CachedBalances,
     next_offset: Option<i64>,
+    /// The next offset of the newest checkpoint written through this handle (or found at
+    /// opening), `i64::MIN` before there is one: read by other threads without a RocksDB read.
+    checkpointed: AtomicI64,
     watermark_micros: i64,
     /// What compaction may drop (shared with the compaction filters).
     horizons: Horizons,
@@ -470,6 +473,7 @@ impl PartitionStore {
             _loader: loader,
             balances,
             next_offset,
+            checkpointed: AtomicI64::new(next_offset.unwrap_or(i64::MIN)),
             watermark_micros,
             horizons,
             history_retention_micros,
@@ -663,6 +667,12 @@ impl PartitionStore {
     /// The next offset to read as of opening; `None` for state that never checkpointed.
     pub fn stored_next_offset(&self) -> Option<i64> {
         self.next_offset
+    }
+
+    /// The next offset of the newest checkpoint, as of the last commit through this handle (or the
+    /// opening); `i64::MIN` for state that never checkpointed. Cheap: no RocksDB read.
+    pub fn last_checkpoint(&self) -> i64 {
+        self.checkpointed.load(Ordering::Acquire)
     }
 
     /// The next offset of the latest checkpoint written (read now, unlike
@@ -985,6 +995,7 @@ impl Checkpoint<'_> {
         self.add_keys_to_filters();
         let Checkpoint { batch, balance_accounts, balances, .. } = self;
         store.write(batch, &synced(), &balance_accounts, &balances)?;
+        store.checkpointed.fetch_max(next_offset, Ordering::AcqRel);
         store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
         Ok(())
     }
