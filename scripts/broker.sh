@@ -52,7 +52,7 @@ cmd_install() {
         log "tansu already installed: $(command -v tansu)"
         return 0
     fi
-    log "installing tansu $TANSU_VERSION (takes about 10 minutes)"
+    log "installing tansu $TANSU_VERSION (10-25 minutes on 2 cores, longer beside another build)"
     cargo install "tansu@$TANSU_VERSION" --locked --features "$TANSU_FEATURES"
 }
 
