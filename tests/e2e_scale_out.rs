@@ -1,5 +1,6 @@
 //! Scale-out against the real broker: snapshots to the compacted topic, restores on nodes without
-//! state, interrupted rounds, and a group whose membership changes under load.
+//! state, interrupted rounds, reads across a handover, and a group whose membership changes under
+//! load.
 
 mod common;
 
@@ -38,21 +39,40 @@ fn spawn_snapshotted(settings: &Instance, end: &BTreeMap<i32, i64>) -> Ledgerd {
     node
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_node_without_state_restores_the_snapshot_and_replays_only_the_tail() {
+/// A first node's work: `history` of the workload's records produced, processed and snapshotted
+/// by a node that then leaves the group cleanly. The rest of the records are not produced yet.
+struct Snapshotted {
+    brokers: String,
+    input: String,
+    work: workload::Workload,
+    records: Vec<Fixture>,
+    end: BTreeMap<i32, i64>,
+    settings: Instance,
+    dir: tempfile::TempDir,
+}
+
+async fn snapshotted_and_left(name: &str, partitions: i32, seed: u64, shape: Shape, history: usize) -> Snapshotted {
     let brokers = brokers();
-    let input = unique("restore");
-    create_topic(&brokers, &input, 2).await;
-    let work = workload::generate(31, &Shape { events: 30_000, accounts: 2_000, ..Shape::default() });
+    let input = unique(name);
+    create_topic(&brokers, &input, partitions).await;
+    let work = workload::generate(seed, &shape);
     let records = Fixture::from_workload(&work);
-    let history = 28_000;
-    let mut end = produce(&brokers, &input, &records[..history]).await;
+    let end = produce(&brokers, &input, &records[..history]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Instance::new(&brokers, &input, &dir.path().join("a"));
     settings.snapshot_interval = "1s";
     let mut a = spawn_snapshotted(&settings, &end);
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    Snapshotted { brokers, input, work, records, end, settings, dir }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_without_state_restores_the_snapshot_and_replays_only_the_tail() {
+    let history = 28_000;
+    let shape = Shape { events: 30_000, accounts: 2_000, ..Shape::default() };
+    let Snapshotted { brokers, input, work, records, mut end, mut settings, dir } =
+        snapshotted_and_left("restore", 2, 31, shape, history).await;
 
     // The tail arrives while no instance runs; a new node with an empty state directory takes over.
     end.extend(produce(&brokers, &input, &records[history..]).await);
@@ -172,4 +192,54 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
     let dead = dead_letter_sources(&brokers, PARTITIONS, &settings.dlq);
     assert_eq!(dead.len(), work.dead_letters, "DLQ holds exactly the malformed and conflicting records");
     drop(survivor);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_restored_behind_its_previous_owner_answers_503_until_it_catches_up() {
+    let snapshotted = 2_000;
+    let shape = Shape { events: 40_000, accounts: 300, ..Shape::default() };
+    let Snapshotted { brokers, input, work, records, mut end, mut settings, dir } =
+        snapshotted_and_left("behind", 1, 34, shape, snapshotted).await;
+
+    // The same node again, its snapshots now too rare to cover the rest: it serves (and commits)
+    // far beyond the snapshot, then leaves.
+    settings.snapshot_interval = "3600s";
+    end.extend(produce(&brokers, &input, &records[snapshotted..]).await);
+    let mut a = settings.spawn();
+    a.wait_ready(READY);
+    wait_caught_up(&[&a], &end, CATCH_UP);
+    let served = end[&0];
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+
+    // A node without state restores the older snapshot and replays the rest in small checkpoints.
+    // Asked all along, it must never answer with a state older than the one `a` served.
+    settings.state_dir = dir.path().join("b");
+    settings.checkpoint_interval = "10ms";
+    settings.max_records = 200;
+    let b = settings.spawn();
+    let account = work.expected.keys().next().expect("accounts");
+    let (mut refused_while_behind, mut answered) = (0, 0);
+    let started = std::time::Instant::now();
+    while answered < 20 {
+        assert!(started.elapsed() < CATCH_UP, "no answer in time; log:\n{}", b.log());
+        let checkpointed = b.checkpointed_offsets().get(&0).copied();
+        match b.get(&format!("/v1/accounts/{account}")) {
+            Some((200, body)) => {
+                let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let offset = value["offset"].as_i64().expect("offset");
+                assert!(offset >= served, "served offset {offset}, behind {served} already served; log:\n{}", b.log());
+                answered += 1;
+            }
+            Some((503, _)) if checkpointed.is_some_and(|c| c > snapshotted as i64 && c < served) => {
+                refused_while_behind += 1;
+            }
+            Some((503, _)) | None => {}
+            Some((status, body)) => panic!("{status} {body}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(b.log().contains("partition restored from snapshot"), "{}", b.log());
+    // The window the test is about was open, and asked during: the replay checkpointed between
+    // the snapshot and what `a` had served.
+    assert!(refused_while_behind > 0, "never asked while replaying; log:\n{}", b.log());
 }
