@@ -48,7 +48,7 @@ impl PartitionHandle {
 
     /// Whether the state has caught up with what the partition's previous owner had checkpointed.
     pub fn is_serving(&self) -> bool {
-        let checkpointed = self.store.last_checkpoint();
+        let checkpointed = self.store.last_checkpoint().unwrap_or(i64::MIN);
         checkpointed >= self.serve_from
             // A committed offset beyond the partition's end (the topic was deleted and created
             // again) is never reached: checkpointed through the end is as far as anyone gets.

@@ -255,8 +255,8 @@ impl SnapshotWriter {
     fn waits_for_catch_up(&self, schedule: &Schedule) -> bool {
         let handle = &schedule.handle;
         let store = &handle.store;
-        let progress = match (store.snapshot_through(), store.checkpointed_next_offset()) {
-            (Ok(last_round), Ok(Some(checkpointed))) => Progress {
+        let progress = match (store.snapshot_through(), store.last_checkpoint()) {
+            (Ok(last_round), Some(checkpointed)) => Progress {
                 last_round,
                 reached_end_at: handle.reached_end_at(),
                 checkpointed,

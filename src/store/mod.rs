@@ -669,17 +669,11 @@ impl PartitionStore {
         self.next_offset
     }
 
-    /// The next offset of the newest checkpoint, as of the last commit through this handle (or the
-    /// opening); `i64::MIN` for state that never checkpointed. Cheap: no RocksDB read.
-    pub fn last_checkpoint(&self) -> i64 {
-        self.checkpointed.load(Ordering::Acquire)
-    }
-
-    /// The next offset of the latest checkpoint written (read now, unlike
-    /// [`PartitionStore::stored_next_offset`]); `None` for state that never checkpointed.
-    pub fn checkpointed_next_offset(&self) -> Result<Option<i64>, StoreError> {
-        let value = self.db.get_cf(self.cf(CF_META), MetaKey::NextOffset.name())?;
-        Ok(value.map(|v| codec::decode_i64(&v)).transpose()?)
+    /// The next offset of the newest checkpoint (written through this handle, or found at opening);
+    /// `None` for state that never checkpointed. Cheap: no RocksDB read, as every checkpoint is
+    /// written through [`Checkpoint::commit_with_floor`], which records it here.
+    pub fn last_checkpoint(&self) -> Option<i64> {
+        Some(self.checkpointed.load(Ordering::Acquire)).filter(|&offset| offset != i64::MIN)
     }
 
     /// About how many balances (account and currency) the state holds: the keys in their filter,
