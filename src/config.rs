@@ -110,7 +110,7 @@ pub struct StateConfig {
     /// the default holds a million balances with 14-byte account ids.
     pub balance_cache_size: ByteSize,
     /// Memtable budget shared by all partitions' databases (charged to the block cache). One
-    /// memtable holds at most a quarter of it; one partition keeps about an eighth of it in
+    /// memtable holds at most a quarter of it; one partition keeps about half of it in
     /// write-ahead logs (what a restart replays).
     pub write_buffer_size: ByteSize,
     /// State of a partition that moved to another instance is deleted this long after it left (it
