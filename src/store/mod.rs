@@ -56,12 +56,13 @@ pub enum StoreError {
 /// flushes them sooner when many partitions write at once.
 const MEMTABLE_SHARE: usize = 4;
 
-/// One partition's write-ahead logs may hold at most this share of `state.write_buffer_size`.
-/// Past it RocksDB flushes every column family holding the oldest log, which is all of them:
-/// `meta` takes a few keys per checkpoint and never fills a memtable, so it always holds the oldest
-/// log. At an eighth, that flushed `history` and `transactions` at about half a memtable each,
-/// doubling their flushes and the compactions behind them: a third of the engine's CPU at 3M events
-/// over 100k accounts (docs/BENCHMARKS.md). At a half, it binds about when both are full anyway.
+/// One partition's write-ahead logs may hold at most this share of `state.write_buffer_size`
+/// (what a restart after kill -9 replays). Past it RocksDB flushes every column family holding
+/// the oldest log, which is all of them: `meta` takes a few keys per checkpoint and never fills a
+/// memtable, so it always holds the oldest log. At an eighth, that flushed `history` and
+/// `transactions` at about half a memtable each, doubling their flushes and the compactions
+/// behind them: a third of the engine's CPU at 3M events over 100k accounts (docs/BENCHMARKS.md).
+/// At a half, it binds about when both are full anyway.
 const WAL_SHARE: usize = 2;
 
 /// Level-0 files that start a compaction into the levels below (RocksDB's default is 4). Every
@@ -163,19 +164,17 @@ impl StoreEnv {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_block_based_table_factory(&self.table(true));
+        // Over the shared budget RocksDB flushes one column family of the writing database: the one
+        // with the oldest memtable, usually `meta`'s few keys. `atomic_flush` would take them all
+        // at once, but its many small flushes cost more compaction than that saved
+        // (docs/BENCHMARKS.md).
         options.set_write_buffer_manager(&self.write_buffers);
-        // Over this budget RocksDB flushes one column family of the writing database: the one with
-        // the oldest memtable, usually `meta`'s few keys. `atomic_flush` would take them all at
-        // once, but its many small flushes cost more compaction than that saved (docs/BENCHMARKS.md).
         // Without it every memtable is sized as RocksDB's default (64 MiB), and so was the
         // memtable bloom filter `transactions` once had: 6.4 MiB, counted in the memtable's size.
         // With twelve partitions the shared budget then flushed those memtables when they held
         // 1.8 MB of data in 9 MB (docs/BENCHMARKS.md).
         options.set_write_buffer_size(self.write_buffer_size / MEMTABLE_SHARE);
-        // What a restart after kill -9 replays. The small column families (`meta` takes a few
-        // keys per checkpoint) rarely fill a memtable, and their oldest unflushed key keeps every
-        // log since alive: past this size RocksDB flushes the column families holding the oldest
-        // log, so it can go.
+        // What a restart after kill -9 replays; why it is as large as it is: [`WAL_SHARE`].
         options.set_max_total_wal_size((self.write_buffer_size / WAL_SHARE) as u64);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_level_zero_file_num_compaction_trigger(LEVEL_ZERO_COMPACTION_TRIGGER);
