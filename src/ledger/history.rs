@@ -67,6 +67,37 @@ pub struct HistoryEntry {
     pub reason: Option<String>,
 }
 
+impl HistoryEntry {
+    pub fn borrowed(&self) -> BorrowedHistoryEntry<'_> {
+        BorrowedHistoryEntry {
+            offset: self.offset,
+            outcome: self.outcome,
+            transaction_id: &self.transaction_id,
+            kind: self.kind,
+            effect: self.effect,
+            event_time_micros: self.event_time_micros,
+            reverses: self.reverses.as_deref(),
+            reason: self.reason.as_deref(),
+        }
+    }
+}
+
+/// A [`HistoryEntry`] whose ids are borrowed: what a checkpoint encodes. The overlay keeps its
+/// entries' ids in an arena and lends them out this way, so recording a record's history copies
+/// no id into an allocation of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BorrowedHistoryEntry<'a> {
+    pub offset: i64,
+    pub outcome: HistoryOutcome,
+    /// Empty when the record did not decode far enough to carry one.
+    pub transaction_id: &'a str,
+    pub kind: Option<EventKind>,
+    pub effect: Option<(Amount, Currency)>,
+    pub event_time_micros: Option<i64>,
+    pub reverses: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
 /// The balances at event time `as_of_micros`, from the `current` balances and the account's
 /// history entries with an event time after `as_of_micros`'s history floor (any order). A currency
 /// is listed when its balance at `as_of_micros` is not zero or an applied event in it happened by

@@ -8,7 +8,7 @@ pub mod reject;
 pub mod timestamp;
 
 pub use event::{Currency, Effect, EventKind, RawEvent, TransactionEvent};
-pub use history::{HistoryEntry, HistoryOutcome};
+pub use history::{BorrowedHistoryEntry, HistoryEntry, HistoryOutcome};
 pub use money::Amount;
 pub use reducer::{apply, LedgerState, Outcome, TransactionRecord};
 pub use reject::{RejectReason, Rejection};

@@ -12,7 +12,7 @@
 mod overlay;
 
 use crate::ledger::event::MAX_ID_LEN;
-use crate::ledger::{self, Effect, HistoryEntry, HistoryOutcome, Rejection, TransactionEvent};
+use crate::ledger::{self, BorrowedHistoryEntry, Effect, HistoryOutcome, Rejection, TransactionEvent};
 use crate::metrics::PartitionMetrics;
 use crate::store::{PartitionStore, StoreError};
 use overlay::{Overlay, View};
@@ -216,19 +216,19 @@ impl PartitionState {
         else {
             return;
         };
-        let entry = HistoryEntry {
+        let entry = BorrowedHistoryEntry {
             offset,
             outcome,
-            transaction_id: event.map(|e| e.transaction_id.clone()).unwrap_or_default(),
+            transaction_id: event.map_or("", |e| &e.transaction_id),
             kind: event.map(|e| e.kind),
             effect,
             event_time_micros: event.map(|e| e.event_time_micros),
             reverses: event.and_then(|e| match &e.effect {
-                Effect::Reversal { reverses } => Some(reverses.clone()),
+                Effect::Reversal { reverses } => Some(reverses.as_str()),
                 Effect::Movement { .. } => None,
             }),
             reason: match disposition {
-                Disposition::DeadLetter(rejection) => Some(rejection.reason.code().to_owned()),
+                Disposition::DeadLetter(rejection) => Some(rejection.reason.code()),
                 _ => None,
             },
         };
@@ -550,6 +550,8 @@ mod tests {
         assert_eq!(page.entries[1].reason.as_deref(), Some("conflicting_duplicate"));
         assert_eq!(page.entries[2].reverses.as_deref(), Some("t2"));
         assert_eq!(page.entries[2].effect.map(|(a, _)| a.to_string()), Some("30.00".into()));
+        // The overlay keeps absent ids as empty spans; they come back absent, not empty.
+        assert_eq!((page.entries[3].reverses.as_deref(), page.entries[3].reason.as_deref()), (None, None));
         // Paging: two at a time, then on from the last offset seen.
         let first = store.history_page("6ad87cf1", None, 2).unwrap();
         assert!(first.more);

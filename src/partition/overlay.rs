@@ -1,14 +1,16 @@
 //! The uncheckpointed changes of a partition, and the reducer's view: overlay first, store second.
 //!
-//! The overlay is flat: account ids and transaction ids live in two string arenas, accounts,
-//! history entries and transactions in three vectors, and two hash tables index them by
-//! position. A batch therefore allocates a handful of growing buffers instead of several small
+//! The overlay is flat: account ids, transaction ids and the ids in history entries live in
+//! three string arenas, accounts, history entries and transactions in three vectors, and two hash
+//! tables index them by position. A batch therefore allocates a handful of growing buffers instead of several small
 //! objects per record, and writing it walks contiguous memory. With many accounts nearly every
 //! record is its account's only one in the batch; the earlier map of per-account maps and vectors
 //! spent most of the checkpoint building, walking and dropping those (docs/BENCHMARKS.md).
 
 use crate::arena::Span;
-use crate::ledger::{Amount, Currency, HistoryEntry, LedgerState, TransactionRecord};
+use crate::ledger::{
+    Amount, BorrowedHistoryEntry, Currency, EventKind, HistoryOutcome, LedgerState, TransactionRecord,
+};
 use crate::store::{Checkpoint, PartitionStore, StoreError};
 use std::cell::Cell;
 use std::hash::BuildHasher;
@@ -28,6 +30,25 @@ struct Account {
     /// Accounts rarely hold more than one currency: the first balance is kept inline.
     first_balance: Option<(Currency, Amount)>,
     other_balances: Vec<(Currency, Amount)>,
+}
+
+/// One record's history entry. Its ids are in `Overlay::history_ids`: a `HistoryEntry` with its
+/// own `String`s was 136 bytes plus an allocation per record, and at a million accounts the
+/// memory of those, fresh for every batch, was a tenth of the consumer thread in zeroing pages
+/// (docs/BENCHMARKS.md).
+struct PendingHistory {
+    offset: i64,
+    event_time_micros: Option<i64>,
+    effect: Option<(Amount, Currency)>,
+    /// Its account's position in `Overlay::accounts`.
+    account: u32,
+    transaction_id: Span,
+    /// Empty when the entry has none: storage does not tell an empty id from a missing one.
+    reverses: Span,
+    /// Empty when the entry has none, as `reverses`.
+    reason: Span,
+    outcome: HistoryOutcome,
+    kind: Option<EventKind>,
 }
 
 /// One transaction remembered by the batch.
@@ -50,8 +71,9 @@ pub(super) struct Overlay {
     /// transaction, balance, new balance, new transaction, history), so the lookups after the
     /// first compare one id instead of hashing and probing.
     last_account: Cell<Option<u32>>,
-    /// What became of each record, with its account's position, in offset order.
-    history: Vec<(u32, HistoryEntry)>,
+    /// What became of each record, in offset order.
+    history: Vec<PendingHistory>,
+    history_ids: String,
     transaction_ids: String,
     transactions: Vec<Transaction>,
     /// Positions in `transactions`, hashed by (account position, transaction id).
@@ -147,9 +169,34 @@ impl Overlay {
         });
     }
 
-    pub(super) fn push_history(&mut self, account: &str, entry: HistoryEntry) {
+    pub(super) fn push_history(&mut self, account: &str, entry: BorrowedHistoryEntry<'_>) {
         let account = self.account_position(account);
-        self.history.push((account, entry));
+        let ids = &mut self.history_ids;
+        self.history.push(PendingHistory {
+            offset: entry.offset,
+            event_time_micros: entry.event_time_micros,
+            effect: entry.effect,
+            account,
+            transaction_id: Span::push(ids, entry.transaction_id),
+            reverses: Span::push(ids, entry.reverses.unwrap_or_default()),
+            reason: Span::push(ids, entry.reason.unwrap_or_default()),
+            outcome: entry.outcome,
+            kind: entry.kind,
+        });
+    }
+
+    fn history_entry(&self, pending: &PendingHistory) -> BorrowedHistoryEntry<'_> {
+        let id = |span: Span| Some(span.of(&self.history_ids)).filter(|id| !id.is_empty());
+        BorrowedHistoryEntry {
+            offset: pending.offset,
+            outcome: pending.outcome,
+            transaction_id: pending.transaction_id.of(&self.history_ids),
+            kind: pending.kind,
+            effect: pending.effect,
+            event_time_micros: pending.event_time_micros,
+            reverses: id(pending.reverses),
+            reason: id(pending.reason),
+        }
     }
 
     /// Adds the changes to `batch`, which will be committed with `next_offset` and `watermark_micros`.
@@ -172,12 +219,12 @@ impl Overlay {
 
         // Entries were pushed in offset order, so (rank, position) orders them by account, then offset.
         let mut history: Vec<u64> = (self.history.iter().enumerate())
-            .map(|(position, (account, _))| (u64::from(rank[*account as usize]) << 32) | position as u64)
+            .map(|(position, entry)| (u64::from(rank[entry.account as usize]) << 32) | position as u64)
             .collect();
         history.sort_unstable();
         // An account's entries go in as one key (up to HISTORY_PER_KEY of them), not one each.
-        let entry_at = |rank_and_position: &u64| &self.history[*rank_and_position as u32 as usize].1;
-        let mut entries: Vec<&HistoryEntry> = Vec::new();
+        let entry_at = |rank_and_position: &u64| self.history_entry(&self.history[*rank_and_position as u32 as usize]);
+        let mut entries: Vec<BorrowedHistoryEntry<'_>> = Vec::new();
         for same_account in history.chunk_by(|a, b| a >> 32 == b >> 32) {
             let (id, _) = in_key_order[(same_account[0] >> 32) as usize];
             for chunk in same_account.chunks(HISTORY_PER_KEY) {
@@ -253,7 +300,6 @@ impl LedgerState for View<'_> {
 mod tests {
     use super::*;
     use crate::ledger::test_values::{amount, eur, usd};
-    use crate::ledger::{EventKind, HistoryOutcome};
 
     fn record(delta: &str, event_time_micros: i64) -> TransactionRecord {
         TransactionRecord {
@@ -307,10 +353,10 @@ mod tests {
             overlay.set_balance(&account, usd(), amount(&i.to_string()));
             overlay.push_history(
                 &account,
-                HistoryEntry {
+                BorrowedHistoryEntry {
                     offset: i,
                     outcome: HistoryOutcome::Applied,
-                    transaction_id: format!("t{i}"),
+                    transaction_id: &format!("t{i}"),
                     kind: Some(EventKind::Deposit),
                     effect: None,
                     event_time_micros: Some(i),

@@ -1,7 +1,9 @@
 //! Value encodings. Every value starts with a format byte so the encoding can evolve; readers reject
 //! formats they do not know instead of misreading them.
 
-use crate::ledger::{Amount, Currency, EventKind, HistoryEntry, HistoryOutcome, TransactionRecord};
+use crate::ledger::{
+    Amount, BorrowedHistoryEntry, Currency, EventKind, HistoryEntry, HistoryOutcome, TransactionRecord,
+};
 use crate::proto::{HistoryEntry as StoredHistoryEntry, StoredTransaction};
 use prost::Message;
 
@@ -150,7 +152,11 @@ fn decode_transaction_v1(rest: &[u8]) -> Result<TransactionRecord, CodecError> {
 /// Appends the encoding of `entries` (one account's, in offset order, filed under the first's
 /// offset) to `out`, each with the retention time `retention` gives it: V1 for one entry, V2 for
 /// several.
-pub fn encode_history_into(entries: &[&HistoryEntry], retention: impl Fn(&HistoryEntry) -> i64, out: &mut Vec<u8>) {
+pub fn encode_history_into(
+    entries: &[BorrowedHistoryEntry<'_>],
+    retention: impl Fn(&BorrowedHistoryEntry<'_>) -> i64,
+    out: &mut Vec<u8>,
+) {
     match entries {
         [] => {}
         [entry] => {
@@ -159,7 +165,7 @@ pub fn encode_history_into(entries: &[&HistoryEntry], retention: impl Fn(&Histor
             encode_history_body(entry, out);
         }
         [first, ..] => {
-            let newest = entries.iter().map(|e| retention(e)).max().unwrap_or(i64::MIN);
+            let newest = entries.iter().map(&retention).max().unwrap_or(i64::MIN);
             out.push(HISTORY_V2);
             out.extend_from_slice(&newest.to_be_bytes());
             prost::encoding::encode_varint(entries.len() as u64, out);
@@ -180,7 +186,7 @@ pub fn encode_history_into(entries: &[&HistoryEntry], retention: impl Fn(&Histor
 
 /// Appends `entry` as a `HistoryEntry` protobuf, written field by field from the borrowed entry
 /// (building the generated message would copy every string, once per record).
-fn encode_history_body(entry: &HistoryEntry, out: &mut Vec<u8>) {
+fn encode_history_body(entry: &BorrowedHistoryEntry<'_>, out: &mut Vec<u8>) {
     use prost::encoding::{encode_key, encode_varint, WireType};
     fn bytes_field(tag: u32, value: &[u8], out: &mut Vec<u8>) {
         if !value.is_empty() {
@@ -208,16 +214,17 @@ fn encode_history_body(entry: &HistoryEntry, out: &mut Vec<u8>) {
         encode_key(6, WireType::Varint, out);
         encode_varint(time as u64, out);
     }
-    bytes_field(7, entry.reverses.as_deref().unwrap_or_default().as_bytes(), out);
-    bytes_field(8, entry.reason.as_deref().unwrap_or_default().as_bytes(), out);
+    bytes_field(7, entry.reverses.unwrap_or_default().as_bytes(), out);
+    bytes_field(8, entry.reason.unwrap_or_default().as_bytes(), out);
 }
 
 /// The encoding as a new buffer (tests; ledgerd encodes into a checkpoint's reused one).
 #[cfg(test)]
 pub fn encode_history(entries: &[(&HistoryEntry, i64)]) -> Vec<u8> {
-    let retention = |entry: &HistoryEntry| entries.iter().find(|(e, _)| e.offset == entry.offset).map_or(0, |r| r.1);
+    let retention =
+        |entry: &BorrowedHistoryEntry<'_>| entries.iter().find(|(e, _)| e.offset == entry.offset).map_or(0, |r| r.1);
     let mut out = Vec::new();
-    encode_history_into(&entries.iter().map(|&(e, _)| e).collect::<Vec<_>>(), retention, &mut out);
+    encode_history_into(&entries.iter().map(|&(e, _)| e.borrowed()).collect::<Vec<_>>(), retention, &mut out);
     out
 }
 

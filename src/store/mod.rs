@@ -23,7 +23,7 @@ pub mod keys;
 
 use crate::config::StateConfig;
 use crate::ledger::history::balances_as_of;
-use crate::ledger::{Amount, Currency, HistoryEntry, TransactionRecord};
+use crate::ledger::{Amount, BorrowedHistoryEntry, Currency, HistoryEntry, TransactionRecord};
 use balance_cache::BalanceCache;
 pub use balance_cache::CacheStats;
 use codec::CodecError;
@@ -960,11 +960,11 @@ impl Checkpoint<'_> {
     /// as one key (filed under the first offset). `entries` must be in offset order and must not
     /// reach into another checkpoint's offsets. `watermark_micros` stands in as the retention time
     /// of a record without an event time.
-    pub fn put_history(&mut self, account: &str, entries: &[&HistoryEntry], watermark_micros: i64) {
+    pub fn put_history(&mut self, account: &str, entries: &[BorrowedHistoryEntry<'_>], watermark_micros: i64) {
         let Some(first) = entries.first() else { return };
         keys::history_into(&mut self.key, account, first.offset);
         self.value.clear();
-        let retention = |entry: &HistoryEntry| entry.event_time_micros.unwrap_or(watermark_micros);
+        let retention = |entry: &BorrowedHistoryEntry<'_>| entry.event_time_micros.unwrap_or(watermark_micros);
         codec::encode_history_into(entries, retention, &mut self.value);
         self.batch.put_cf(self.store.cf(CF_HISTORY), &self.key, &self.value);
     }
@@ -1159,11 +1159,11 @@ mod tests {
 
         let mut cp = store.begin();
         let (a0, a2, a4, a6) = (applied(0, 10), applied(2, 20), applied(4, 350), applied(6, 40));
-        cp.put_history("a", &[&a0, &a2, &a4, &a6], 0);
-        cp.put_history("b", &[&applied(1, 50)], 0);
+        cp.put_history("a", &[a0.borrowed(), a2.borrowed(), a4.borrowed(), a6.borrowed()], 0);
+        cp.put_history("b", &[applied(1, 50).borrowed()], 0);
         cp.commit(10, 350).unwrap();
         let mut cp = store.begin();
-        cp.put_history("a", &[&applied(12, 400), &applied(13, 410)], 0);
+        cp.put_history("a", &[applied(12, 400).borrowed(), applied(13, 410).borrowed()], 0);
         cp.commit(20, 410).unwrap();
 
         // The horizon is 310: of the first value, only offset 4 is still history.
@@ -1182,7 +1182,7 @@ mod tests {
         assert_eq!(history_keys(&store), vec![Some(0), Some(12)]);
 
         let mut cp = store.begin();
-        cp.put_history("a", &[&applied(20, 500)], 0);
+        cp.put_history("a", &[applied(20, 500).borrowed()], 0);
         cp.commit(21, 500).unwrap();
         assert_eq!(offsets(store.history_page("a", None, 10).unwrap()), (vec![20, 13, 12], false));
         assert_eq!(history_keys(&store), vec![Some(12), Some(20)]);
