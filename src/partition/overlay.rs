@@ -32,10 +32,10 @@ struct Account {
     other_balances: Vec<(Currency, Amount)>,
 }
 
-/// One record's history entry. Its ids are in `Overlay::history_ids`: a `HistoryEntry` with its
-/// own `String`s was 136 bytes plus an allocation per record, and at a million accounts the
-/// memory of those, fresh for every batch, was a tenth of the consumer thread in zeroing pages
-/// (docs/BENCHMARKS.md).
+/// One record's history entry, its ids in `Overlay::history_ids`. A `HistoryEntry` with its own
+/// `String`s took 136 bytes and an allocation per record, in memory fresh for every batch: at a
+/// million accounts, profiles of the consumer thread spent 13% zeroing new pages with those
+/// entries and 3% with these (docs/BENCHMARKS.md).
 struct PendingHistory {
     offset: i64,
     event_time_micros: Option<i64>,
