@@ -3,9 +3,10 @@
 //! The overlay is flat: account ids, transaction ids and the ids in history entries live in
 //! three string arenas, accounts, history entries and transactions in three vectors, and two hash
 //! tables index them by position. A batch therefore allocates a handful of growing buffers
-//! instead of several small objects per record, and writing it walks contiguous memory. With many accounts nearly every
-//! record is its account's only one in the batch; the earlier map of per-account maps and vectors
-//! spent most of the checkpoint building, walking and dropping those (docs/BENCHMARKS.md).
+//! instead of several small objects per record, and writing it walks contiguous memory. With
+//! many accounts nearly every record is its account's only one in the batch; the earlier map of
+//! per-account maps and vectors spent most of the checkpoint building, walking and dropping those
+//! (docs/BENCHMARKS.md).
 
 use crate::arena::Span;
 use crate::ledger::{
