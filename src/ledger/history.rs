@@ -68,6 +68,8 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
+    /// The entry as the checkpoint's encoder takes it (tests encode owned entries through it).
+    #[cfg(test)]
     pub fn borrowed(&self) -> BorrowedHistoryEntry<'_> {
         BorrowedHistoryEntry {
             offset: self.offset,
@@ -83,8 +85,8 @@ impl HistoryEntry {
 }
 
 /// A [`HistoryEntry`] whose ids are borrowed: what a checkpoint encodes. The overlay keeps its
-/// entries' ids in an arena and lends them out this way, so recording a record's history copies
-/// no id into an allocation of its own.
+/// entries' ids in an arena and lends them out this way, so recording a record's history gives
+/// no id an allocation of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BorrowedHistoryEntry<'a> {
     pub offset: i64,

@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(page.entries[1].reason.as_deref(), Some("conflicting_duplicate"));
         assert_eq!(page.entries[2].reverses.as_deref(), Some("t2"));
         assert_eq!(page.entries[2].effect.map(|(a, _)| a.to_string()), Some("30.00".into()));
-        // The overlay keeps absent ids as empty spans; they come back absent, not empty.
+        // Entries without a reversal target or a reason read back without them.
         assert_eq!((page.entries[3].reverses.as_deref(), page.entries[3].reason.as_deref()), (None, None));
         // Paging: two at a time, then on from the last offset seen.
         let first = store.history_page("6ad87cf1", None, 2).unwrap();

@@ -346,6 +346,37 @@ mod tests {
     }
 
     #[test]
+    fn history_entries_come_back_as_pushed_with_absent_ids_absent() {
+        let mut overlay = Overlay::default();
+        let applied = BorrowedHistoryEntry {
+            offset: 7,
+            outcome: HistoryOutcome::Applied,
+            transaction_id: "r1",
+            kind: Some(EventKind::Reversal),
+            effect: Some((amount("-3.50"), usd())),
+            event_time_micros: Some(42),
+            reverses: Some("t1"),
+            reason: None,
+        };
+        let dead = BorrowedHistoryEntry {
+            offset: 8,
+            outcome: HistoryOutcome::DeadLettered,
+            transaction_id: "",
+            kind: None,
+            effect: None,
+            event_time_micros: None,
+            reverses: None,
+            reason: Some("malformed_json"),
+        };
+        overlay.push_history("a", applied);
+        overlay.push_history("b", dead);
+
+        let back: Vec<_> = overlay.history.iter().map(|pending| overlay.history_entry(pending)).collect();
+        assert_eq!(back, [applied, dead]);
+        assert_eq!((overlay.history[0].account, overlay.history[1].account), (0, 1));
+    }
+
+    #[test]
     fn many_accounts_and_transactions_are_all_found_again() {
         let mut overlay = Overlay::default();
         for i in 0..5_000 {
