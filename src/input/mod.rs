@@ -24,12 +24,12 @@ pub enum InputFormat {
 }
 
 /// Decodes and validates one record. `content_type` is the record's `content-type` header, if any.
-pub fn decode(
+pub fn decode<'a>(
     format: InputFormat,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
     content_type: Option<&[u8]>,
-) -> Result<TransactionEvent, Rejection> {
+) -> Result<TransactionEvent<'a>, Rejection> {
     let value = match value {
         Some(v) if !v.is_empty() => v,
         _ => return Err(Rejection::new(RejectReason::EmptyRecord, "record has no value")),

@@ -45,7 +45,7 @@ fn strip_confluent_framing(value: &[u8]) -> Result<&[u8], Rejection> {
     Ok(rest)
 }
 
-pub(super) fn decode(value: &[u8], key: Option<&str>) -> Result<TransactionEvent, Rejection> {
+pub(super) fn decode<'a>(value: &'a [u8], key: Option<&'a str>) -> Result<TransactionEvent<'a>, Rejection> {
     let message = if value.first() == Some(&CONFLUENT_MAGIC) { strip_confluent_framing(value)? } else { value };
     let event = ProtoEvent::decode(message).map_err(|e| malformed(e.to_string()))?;
     fn field(s: &str) -> Option<&str> {
@@ -60,7 +60,8 @@ pub(super) fn decode(value: &[u8], key: Option<&str>) -> Result<TransactionEvent
         currency: field(&event.currency),
         reverses: field(&event.reverses),
     };
-    TransactionEvent::validate(raw, key)
+    // prost decodes into owned strings, so the event cannot borrow from the record.
+    TransactionEvent::validate(raw, key).map(TransactionEvent::into_owned)
 }
 
 #[cfg(test)]

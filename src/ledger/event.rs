@@ -3,6 +3,7 @@
 use super::money::Amount;
 use super::reject::{RejectReason, Rejection};
 use super::timestamp::parse_timestamp_micros;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest account or transaction id accepted (bytes). Ids are keys in state; bound their size.
@@ -91,22 +92,26 @@ impl fmt::Display for Currency {
 
 /// What the event does to the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub enum Effect<'a> {
     /// Add `delta` (already signed by the kind's rule) to the balance in `currency`.
     Movement { delta: Amount, currency: Currency },
     /// Undo the effect of transaction `reverses`.
-    Reversal { reverses: String },
+    Reversal { reverses: Cow<'a, str> },
 }
 
 /// A validated event, ready for the reducer.
+///
+/// Ids borrow from the record where the decoder could read them in place (the consumer decodes
+/// and applies a record while it holds the message), so applying one costs no allocation for
+/// them; [`TransactionEvent::into_owned`] detaches an event from its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransactionEvent {
-    pub transaction_id: String,
-    pub account_id: String,
+pub struct TransactionEvent<'a> {
+    pub transaction_id: Cow<'a, str>,
+    pub account_id: Cow<'a, str>,
     pub kind: EventKind,
     /// Event time, microseconds since the Unix epoch, UTC.
     pub event_time_micros: i64,
-    pub effect: Effect,
+    pub effect: Effect<'a>,
 }
 
 /// Fields as an encoding delivers them, before validation. Missing fields are `None`.
@@ -143,11 +148,11 @@ fn id<'a>(value: Option<&'a str>, field: &str) -> Result<&'a str, Rejection> {
     Ok(v)
 }
 
-impl TransactionEvent {
+impl<'a> TransactionEvent<'a> {
     /// Validates raw fields. `record_key` is the Kafka record key: when the body has no
     /// `account_id` the key names the account; when both are present they must agree, because the
     /// key decides the partition and so which state owns the account.
-    pub fn validate(raw: RawEvent<'_>, record_key: Option<&str>) -> Result<Self, Rejection> {
+    pub fn validate(raw: RawEvent<'a>, record_key: Option<&'a str>) -> Result<Self, Rejection> {
         let account_id = match (raw.account_id.map(str::trim).filter(|a| !a.is_empty()), record_key) {
             (Some(body), Some(key)) if body != key => {
                 return Err(Rejection::new(
@@ -172,7 +177,7 @@ impl TransactionEvent {
         })?;
 
         let effect = if kind == EventKind::Reversal {
-            Effect::Reversal { reverses: id(raw.reverses, "reverses")?.to_owned() }
+            Effect::Reversal { reverses: Cow::Borrowed(id(raw.reverses, "reverses")?) }
         } else {
             let currency_text = required(raw.currency, "currency")?;
             let currency = Currency::parse(currency_text).ok_or_else(|| {
@@ -197,12 +202,26 @@ impl TransactionEvent {
         };
 
         Ok(TransactionEvent {
-            transaction_id: transaction_id.to_owned(),
-            account_id: account_id.to_owned(),
+            transaction_id: Cow::Borrowed(transaction_id),
+            account_id: Cow::Borrowed(account_id),
             kind,
             event_time_micros,
             effect,
         })
+    }
+
+    /// The same event with its ids copied out of whatever they borrowed from.
+    pub fn into_owned(self) -> TransactionEvent<'static> {
+        TransactionEvent {
+            transaction_id: Cow::Owned(self.transaction_id.into_owned()),
+            account_id: Cow::Owned(self.account_id.into_owned()),
+            kind: self.kind,
+            event_time_micros: self.event_time_micros,
+            effect: match self.effect {
+                Effect::Movement { delta, currency } => Effect::Movement { delta, currency },
+                Effect::Reversal { reverses } => Effect::Reversal { reverses: Cow::Owned(reverses.into_owned()) },
+            },
+        }
     }
 }
 
@@ -235,6 +254,21 @@ mod tests {
             Effect::Movement { delta: Amount::parse("-1299.00").unwrap(), currency: Currency::parse("USD").unwrap() }
         );
         assert_eq!(event.event_time_micros, 1_710_172_629_000_000);
+    }
+
+    #[test]
+    fn ids_borrow_from_the_record_until_detached() {
+        let reversal = RawEvent { kind: Some("reversal"), reverses: Some("987654320"), ..seed_payment() };
+        let event = TransactionEvent::validate(reversal, Some("6ad87cf1")).unwrap();
+        let Effect::Reversal { reverses } = &event.effect else { panic!("not a reversal: {event:?}") };
+        assert!(matches!(reverses, Cow::Borrowed("987654320")));
+        assert!(matches!(event.transaction_id, Cow::Borrowed("987654321")));
+        assert!(matches!(event.account_id, Cow::Borrowed("6ad87cf1")));
+
+        let owned = event.clone().into_owned();
+        assert_eq!(owned, event);
+        assert!(matches!(owned.transaction_id, Cow::Owned(_)) && matches!(owned.account_id, Cow::Owned(_)));
+        assert!(matches!(owned.effect, Effect::Reversal { reverses: Cow::Owned(_) }));
     }
 
     #[test]

@@ -31,13 +31,13 @@ pub struct TransactionRecord {
 
 impl TransactionRecord {
     /// True when `event` is a re-delivery of the transaction this record remembers.
-    fn is_same_transaction(&self, event: &TransactionEvent) -> bool {
+    fn is_same_transaction(&self, event: &TransactionEvent<'_>) -> bool {
         if self.kind != event.kind || self.event_time_micros != event.event_time_micros {
             return false;
         }
         match &event.effect {
             Effect::Movement { delta, currency } => *delta == self.delta && *currency == self.currency,
-            Effect::Reversal { reverses } => self.reverses.as_deref() == Some(reverses.as_str()),
+            Effect::Reversal { reverses } => self.reverses.as_deref() == Some(&**reverses),
         }
     }
 }
@@ -64,8 +64,8 @@ pub enum Outcome {
 
 /// Applies `event` to `state`. Errors are the state's own (e.g. a storage read failure); every
 /// business outcome, rejections included, is an `Ok(Outcome)`.
-pub fn apply<S: LedgerState>(state: &mut S, event: &TransactionEvent) -> Result<Outcome, S::Error> {
-    let account = event.account_id.as_str();
+pub fn apply<S: LedgerState>(state: &mut S, event: &TransactionEvent<'_>) -> Result<Outcome, S::Error> {
+    let account = &*event.account_id;
     if let Some(previous) = state.transaction(account, &event.transaction_id)? {
         return Ok(if previous.is_same_transaction(event) {
             Outcome::Duplicate
@@ -116,7 +116,7 @@ pub fn apply<S: LedgerState>(state: &mut S, event: &TransactionEvent) -> Result<
             state.set_balance(account, currency, balance);
             target.reversed = true;
             state.put_transaction(account, reverses, target);
-            let own = record(event, compensation, currency, Some(reverses.clone()));
+            let own = record(event, compensation, currency, Some(reverses.to_string()));
             state.put_transaction(account, &event.transaction_id, own);
             Ok(Outcome::Applied { delta: compensation, currency })
         }
@@ -134,7 +134,12 @@ fn overflow(account: &str, currency: Currency) -> Outcome {
     ))
 }
 
-fn record(event: &TransactionEvent, delta: Amount, currency: Currency, reverses: Option<String>) -> TransactionRecord {
+fn record(
+    event: &TransactionEvent<'_>,
+    delta: Amount,
+    currency: Currency,
+    reverses: Option<String>,
+) -> TransactionRecord {
     TransactionRecord {
         kind: event.kind,
         delta,
@@ -178,7 +183,7 @@ mod tests {
     use crate::ledger::event::RawEvent;
     use proptest::prelude::*;
 
-    fn event(id: &str, kind: &str, amount: &str, timestamp: &str) -> TransactionEvent {
+    fn event<'a>(id: &'a str, kind: &'a str, amount: &'a str, timestamp: &'a str) -> TransactionEvent<'a> {
         let raw = RawEvent {
             transaction_id: Some(id),
             timestamp: Some(timestamp),
@@ -191,7 +196,7 @@ mod tests {
         TransactionEvent::validate(raw, None).unwrap()
     }
 
-    fn reversal(id: &str, reverses: &str) -> TransactionEvent {
+    fn reversal<'a>(id: &'a str, reverses: &'a str) -> TransactionEvent<'a> {
         let raw = RawEvent {
             transaction_id: Some(id),
             timestamp: Some("2024-03-14T00:00:00"),
@@ -300,7 +305,7 @@ mod tests {
         ]
     }
 
-    fn to_event(op: &Op) -> TransactionEvent {
+    fn to_event(op: &Op) -> TransactionEvent<'static> {
         match op {
             Op::Move { id, cents } => {
                 let text = format!(
@@ -309,9 +314,9 @@ mod tests {
                     cents.unsigned_abs() / 100,
                     cents.unsigned_abs() % 100
                 );
-                event(&format!("m{id}"), "adjustment", &text, "2024-01-01T00:00:00")
+                event(&format!("m{id}"), "adjustment", &text, "2024-01-01T00:00:00").into_owned()
             }
-            Op::Reverse { id, target } => reversal(&format!("r{id}"), &format!("m{target}")),
+            Op::Reverse { id, target } => reversal(&format!("r{id}"), &format!("m{target}")).into_owned(),
         }
     }
 

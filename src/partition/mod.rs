@@ -147,7 +147,7 @@ impl PartitionState {
         &mut self,
         offset: i64,
         key: Option<&[u8]>,
-        decoded: &Result<TransactionEvent, Rejection>,
+        decoded: &Result<TransactionEvent<'_>, Rejection>,
     ) -> Result<Disposition, StoreError> {
         // The record's account: the event's, or for a record that does not decode, its key (the
         // two agree whenever both exist; validation rejects a mismatch).
@@ -195,7 +195,7 @@ impl PartitionState {
         &mut self,
         offset: i64,
         account: Option<&[u8]>,
-        decoded: &Result<TransactionEvent, Rejection>,
+        decoded: &Result<TransactionEvent<'_>, Rejection>,
         disposition: &Disposition,
         effect: Option<(ledger::Amount, ledger::Currency)>,
     ) {
@@ -224,7 +224,7 @@ impl PartitionState {
             effect,
             event_time_micros: event.map(|e| e.event_time_micros),
             reverses: event.and_then(|e| match &e.effect {
-                Effect::Reversal { reverses } => Some(reverses.as_str()),
+                Effect::Reversal { reverses } => Some(&**reverses),
                 Effect::Movement { .. } => None,
             }),
             reason: match disposition {
@@ -278,8 +278,9 @@ impl PartitionState {
         if self.sealed.is_some() || !self.has_unsealed_work() {
             return false;
         }
+        let successor = self.overlay.successor();
         self.sealed = Some(Sealed {
-            overlay: std::mem::take(&mut self.overlay),
+            overlay: std::mem::replace(&mut self.overlay, successor),
             next_offset: self.next_offset,
             watermark_micros: self.watermark_micros,
             records: self.records_since_checkpoint,
@@ -345,11 +346,11 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::StoreEnv;
 
-    fn seed(id: &str, amount: &str, ts: &str) -> Result<TransactionEvent, Rejection> {
+    fn seed(id: &str, amount: &str, ts: &str) -> Result<TransactionEvent<'static>, Rejection> {
         let json = format!(
             r#"{{"transaction_id":"{id}","timestamp":"{ts}","account_id":"6ad87cf1","type":"payment","amount":{amount},"currency":"USD"}}"#
         );
-        decode(InputFormat::Json, Some(b"6ad87cf1"), Some(json.as_bytes()), None)
+        decode(InputFormat::Json, Some(b"6ad87cf1"), Some(json.as_bytes()), None).map(TransactionEvent::into_owned)
     }
 
     fn open(env: &StoreEnv) -> PartitionState {
@@ -482,11 +483,17 @@ mod tests {
         assert!(!due(&state, interval), "nothing to write");
     }
 
-    fn event(id: &str, kind: &str, amount: &str, ts: &str, reverses: &str) -> Result<TransactionEvent, Rejection> {
+    fn event(
+        id: &str,
+        kind: &str,
+        amount: &str,
+        ts: &str,
+        reverses: &str,
+    ) -> Result<TransactionEvent<'static>, Rejection> {
         let json = format!(
             r#"{{"transaction_id":"{id}","timestamp":"{ts}","account_id":"6ad87cf1","type":"{kind}","amount":"{amount}","currency":"USD","reverses":"{reverses}"}}"#
         );
-        decode(InputFormat::Json, Some(b"6ad87cf1"), Some(json.as_bytes()), None)
+        decode(InputFormat::Json, Some(b"6ad87cf1"), Some(json.as_bytes()), None).map(TransactionEvent::into_owned)
     }
 
     fn micros(ts: &str) -> i64 {

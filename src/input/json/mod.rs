@@ -49,10 +49,11 @@ fn scalar_text<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Option<Cow<
     }
 }
 
-pub(super) fn decode(value: &[u8], key: Option<&str>) -> Result<TransactionEvent, Rejection> {
+pub(super) fn decode<'a>(value: &'a [u8], key: Option<&'a str>) -> Result<TransactionEvent<'a>, Rejection> {
     match scan::scan(value) {
         Some(raw) => TransactionEvent::validate(raw, key),
-        None => TransactionEvent::validate(parse(value)?.raw(), key),
+        // The full parser's fields may be unescaped copies that live only here.
+        None => TransactionEvent::validate(parse(value)?.raw(), key).map(TransactionEvent::into_owned),
     }
 }
 
@@ -101,7 +102,7 @@ mod tests {
     use super::*;
     use crate::ledger::{Effect, EventKind};
 
-    fn ok(json: &str) -> TransactionEvent {
+    fn ok(json: &str) -> TransactionEvent<'_> {
         decode(json.as_bytes(), None).unwrap()
     }
 
