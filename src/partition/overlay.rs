@@ -361,6 +361,20 @@ mod tests {
     }
 
     #[test]
+    fn a_successor_is_empty_with_room_for_as_many_entries() {
+        let mut overlay = Overlay::default();
+        for i in 0..1000 {
+            overlay.put_transaction(&format!("a{}", i % 300), &format!("t{i}"), record("1", 10));
+        }
+        let successor = overlay.successor();
+        assert!(successor.accounts.is_empty() && successor.transactions.is_empty());
+        assert!(successor.account_index.is_empty() && successor.transaction_index.is_empty());
+        assert!(successor.account_index.capacity() >= 300, "{}", successor.account_index.capacity());
+        assert!(successor.transaction_index.capacity() >= 1000, "{}", successor.transaction_index.capacity());
+        assert!(successor.transaction("a1", "t1").is_none());
+    }
+
+    #[test]
     fn history_entries_come_back_as_pushed_with_absent_ids_absent() {
         let mut overlay = Overlay::default();
         let applied = BorrowedHistoryEntry {
