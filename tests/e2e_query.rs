@@ -91,7 +91,13 @@ async fn any_instance_answers_for_every_account_now_and_in_the_past() {
             *served_by.entry(value["served_by"].as_str().unwrap_or("").to_owned()).or_insert(0) += 1;
         }
     }
-    assert!(wrong.is_empty(), "{} wrong answers, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers, e.g. {:?}\n{}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)],
+        logs(&instances)
+    );
     assert_eq!(served_by.len(), 3, "every instance serves part of the accounts: {served_by:?}");
 
     // Point in time, across the range of event times (which are out of stream order).
