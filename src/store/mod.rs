@@ -864,6 +864,9 @@ impl PartitionStore {
         Checkpoint {
             store: self,
             batch: WriteBatch::default(),
+            cf_balances: self.cf(CF_BALANCES),
+            cf_transactions: self.cf(CF_TRANSACTIONS),
+            cf_history: self.cf(CF_HISTORY),
             key: Vec::new(),
             value: Vec::new(),
             balance_keys: Vec::new(),
@@ -895,6 +898,11 @@ impl PartitionStore {
 pub struct Checkpoint<'s> {
     store: &'s PartitionStore,
     batch: WriteBatch,
+    /// The column families a checkpoint writes per record, looked up once (each lookup is a
+    /// search of the database's map of them by name).
+    cf_balances: &'s rocksdb::ColumnFamily,
+    cf_transactions: &'s rocksdb::ColumnFamily,
+    cf_history: &'s rocksdb::ColumnFamily,
     /// Reused encoding buffers: the batch copies what it is given, so one key and one value buffer
     /// serve every put instead of two allocations per record.
     key: Vec<u8>,
@@ -912,7 +920,7 @@ impl Checkpoint<'_> {
     /// `changed_at` is the next offset of the checkpoint that makes this change durable.
     pub fn put_balance(&mut self, account: &str, currency: Currency, balance: Amount, changed_at: i64) {
         keys::balance_into(&mut self.key, account, currency);
-        self.batch.put_cf(self.store.cf(CF_BALANCES), &self.key, codec::encode_balance(balance, changed_at));
+        self.batch.put_cf(self.cf_balances, &self.key, codec::encode_balance(balance, changed_at));
         self.balance_keys.push(self.store.filters.balances.hash(&self.key));
         self.balance_accounts.push_str(account);
         self.balances.push((self.balance_accounts.len(), currency, balance));
@@ -952,7 +960,7 @@ impl Checkpoint<'_> {
         keys::transaction_into(&mut self.key, account, transaction_id);
         self.value.clear();
         codec::encode_transaction_into(record, &mut self.value);
-        self.batch.put_cf(self.store.cf(CF_TRANSACTIONS), &self.key, &self.value);
+        self.batch.put_cf(self.cf_transactions, &self.key, &self.value);
         self.transaction_keys.push((self.store.filters.transactions.hash(&self.key), record.event_time_micros));
     }
 
@@ -966,7 +974,7 @@ impl Checkpoint<'_> {
         self.value.clear();
         let retention = |entry: &BorrowedHistoryEntry<'_>| entry.event_time_micros.unwrap_or(watermark_micros);
         codec::encode_history_into(entries, retention, &mut self.value);
-        self.batch.put_cf(self.store.cf(CF_HISTORY), &self.key, &self.value);
+        self.batch.put_cf(self.cf_history, &self.key, &self.value);
     }
 
     /// Before the write: a key in the database must never be missing from its filter. A write that
