@@ -1,13 +1,11 @@
-//! The consumer-group thread: owns the `BaseConsumer`, takes records from each partition's queue
-//! in batches (`fetch`), applies them to their partition's state, and checkpoints on the
-//! configured schedule.
+//! The consumer-group thread: owns the `BaseConsumer`, polls records, applies them to their
+//! partition's state, and checkpoints on the configured schedule.
 //!
 //! Everything happens on this one dedicated thread (rebalance callbacks run inside `poll()`), so a
 //! partition's state is never touched concurrently and blocking here never stalls a tokio worker.
 
 use super::dead_letter::DeadLetterProducer;
-use super::fetch::{FetchedEntry, GroupEvents, InputRecord, PartitionQueues, Wakeup};
-use super::group::{GroupContext, LetterWait, Owned, Shared};
+use super::group::{GroupContext, LetterWait, Shared};
 use super::topics::{self, TopicGate};
 use super::{group_client_config, KafkaContext};
 use crate::config::Config;
@@ -18,19 +16,17 @@ use crate::registry::PartitionRegistry;
 use crate::store::StoreEnv;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Upper bound on one wait for records or group events, so shutdown and checkpoint deadlines are
-/// noticed promptly.
+/// Upper bound on one `poll()` wait, so shutdown and checkpoint deadlines are noticed promptly.
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// The poll wait while partitions are being prepared: short, so a prepared partition starts
 /// consuming within it (a restart measured up to a whole `MAX_POLL_WAIT` there otherwise).
 const PREPARING_POLL_WAIT: Duration = Duration::from_millis(5);
-/// Most records taken from one partition's queue at a time, so partitions take turns.
-const MAX_BATCH: u64 = 500;
 /// How often, at most, the loop scans partitions for interval-driven checkpoints while busy.
 const CHECKPOINT_SCAN_EVERY: Duration = Duration::from_millis(10);
 /// How long one look-up of the input topic before joining may block: short, so shutdown is not held.
@@ -92,48 +88,34 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
     let format = config.input.format;
     let interval = config.checkpoint.interval;
     let max_records = config.checkpoint.max_records;
-    let wakeup = Wakeup::for_current_thread();
-    let group_events = GroupEvents::watch(&consumer, &wakeup);
-    let mut queues = PartitionQueues::new(&config.kafka.input_topic, wakeup.clone());
     let mut next_scan = Instant::now();
     let mut next_cleanup = Instant::now();
     let mut poll_error_backoff = Duration::ZERO;
     while !shutdown.is_cancelled() {
         while let Ok(prepared) = prepared_rx.try_recv() {
-            shared.start_consuming(&consumer, &mut queues, prepared);
+            shared.start_consuming(&consumer, prepared);
         }
-        // The group's events first: rebalance callbacks run inside this poll.
-        let mut failed = false;
-        let mut busy = true;
-        match consumer.poll(Duration::ZERO) {
+        // A partition prepared meanwhile starts consuming only once the poll returns.
+        let wait = if shared.preparing() { PREPARING_POLL_WAIT } else { MAX_POLL_WAIT };
+        match consumer.poll(wait) {
             Some(Ok(message)) => {
-                let mut owned = shared.owned();
-                // A record of a partition released in this poll's rebalance: the next owner reads it.
-                if let Some(entry) = owned.get_mut(&Message::partition(&message)) {
-                    handle(&shared, entry, &message, format);
+                poll_error_backoff = Duration::ZERO;
+                if handle(&shared, &message, format, max_records) {
+                    next_scan = Instant::now();
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(partition))) => reached_end(&shared, partition),
+            // Read to the end: the partition's unwritten work is due sooner, so scan at once.
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                reached_end(&shared, partition);
+                next_scan = Instant::now();
+            }
             Some(Err(e)) => {
                 // E.g. the topic vanished or a partition is unavailable; librdkafka keeps retrying.
                 metrics.handled_error(ErrorKind::ConsumerPoll, &e);
-                failed = true;
+                poll_error_backoff = (poll_error_backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+                std::thread::sleep(poll_error_backoff);
             }
-            None => busy = false,
-        }
-        let read = read_partition_queues(&shared, &mut queues, format, max_records);
-        if read.due {
-            next_scan = Instant::now();
-        }
-        failed |= read.failed;
-        if failed {
-            poll_error_backoff = (poll_error_backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-            std::thread::sleep(poll_error_backoff);
-        } else if read.records > 0 {
-            poll_error_backoff = Duration::ZERO;
-        } else if !busy && !read.due && !group_events.pending() {
-            // Nothing anywhere: wait for a queue to get something (it wakes this thread).
-            wakeup.park(if shared.preparing() { PREPARING_POLL_WAIT } else { MAX_POLL_WAIT });
+            None => {}
         }
         let now = Instant::now();
         if now >= next_scan {
@@ -155,8 +137,6 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
     // every member rejoins (up to the rebalance timeout), so this step is logged on its own.
     tracing::info!("state checkpointed; leaving the consumer group");
     let leaving = Instant::now();
-    // librdkafka's queue handles go before the client they belong to.
-    drop((queues, group_events));
     drop(consumer);
     tracing::info!(seconds = leaving.elapsed().as_secs_f64(), "left the consumer group");
     let fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -195,64 +175,19 @@ fn await_input(
     false
 }
 
-/// What one pass over the partition queues did.
-#[derive(Default)]
-struct QueuesRead {
-    /// Records and partition events handed over.
-    records: usize,
-    /// A partition reached `checkpoint.max_records` or its end: its checkpoint is due sooner.
-    due: bool,
-    /// A queue reported an error (logged and counted).
-    failed: bool,
-}
-
-/// Takes what each partition's queue holds, up to [`MAX_BATCH`] records per partition and never
-/// past `checkpoint.max_records` since its last seal (that partition then waits for the
-/// checkpoint scan), and applies it.
-fn read_partition_queues(
-    shared: &Shared,
-    queues: &mut PartitionQueues,
-    format: InputFormat,
-    max_records: u64,
-) -> QueuesRead {
-    let mut read = QueuesRead::default();
-    if queues.len() != shared.owned().len() {
-        // Released partitions' queues: their records are the next owner's.
-        let owned = shared.owned();
-        queues.retain(|partition| owned.contains_key(&partition));
-    }
-    for (partition, queue) in queues.iter() {
-        let mut owned = shared.owned();
-        let Some(entry) = owned.get_mut(&partition) else { continue };
-        let room = entry.state.room_before_max_records(max_records).min(MAX_BATCH);
-        if room == 0 {
-            read.due = true;
-            continue;
-        }
-        read.records += queue.serve(room as usize, |fetched| match fetched.entry() {
-            FetchedEntry::Record(record) => handle(shared, entry, &record, format),
-            FetchedEntry::End => {
-                entry.reached_end();
-                read.due = true;
-            }
-            FetchedEntry::Error(e) => {
-                shared.metrics.handled_error(ErrorKind::ConsumerPoll, &format_args!("partition {partition}: {e}"));
-                read.failed = true;
-            }
-        });
-        read.due |= entry.state.reached_max_records(max_records);
-    }
-    read
-}
-
-/// Applies one record of `entry`'s partition.
-fn handle(shared: &Shared, entry: &mut Owned, message: &impl InputRecord, format: InputFormat) {
+/// Applies one record. Returns true when its partition reached `max_records` since its checkpoint.
+fn handle(shared: &Shared, message: &BorrowedMessage<'_>, format: InputFormat, max_records: u64) -> bool {
+    let mut owned = shared.owned();
+    let Some(entry) = owned.get_mut(&message.partition()) else {
+        // A record of a partition released in this poll's rebalance: the next owner reads it.
+        return false;
+    };
     if message.offset() < entry.state.next_offset() {
         // Already reflected in the state (possible only around seeks); applying it again would double it.
-        return;
+        return false;
     }
     let content_type = match format {
-        InputFormat::Auto => message.header_value("content-type"),
+        InputFormat::Auto => content_type(message),
         _ => None,
     };
     let decoded = input::decode(format, message.key(), message.payload(), content_type);
@@ -266,7 +201,7 @@ fn handle(shared: &Shared, entry: &mut Owned, message: &impl InputRecord, format
                     &format_args!("partition {} offset {}: {e}", message.partition(), message.offset()),
                 );
                 if shared.shutdown.is_cancelled() {
-                    return;
+                    return false;
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -277,6 +212,7 @@ fn handle(shared: &Shared, entry: &mut Owned, message: &impl InputRecord, format
         tracing::debug!(partition = message.partition(), offset = message.offset(), reason = %rejection.reason, "dead-lettering record");
         entry.letters.push(shared.dead_letters.send(message, &rejection));
     }
+    entry.state.reached_max_records(max_records)
 }
 
 /// Marks `partition` as read to its end (a partition released in this poll's rebalance has no entry).
@@ -284,6 +220,10 @@ fn reached_end(shared: &Shared, partition: i32) {
     if let Some(entry) = shared.owned().get_mut(&partition) {
         entry.reached_end();
     }
+}
+
+fn content_type<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
+    message.headers()?.iter().find(|h| h.key.eq_ignore_ascii_case("content-type")).and_then(|h| h.value)
 }
 
 fn checkpoint_due(

@@ -7,7 +7,6 @@
 //! topic's latency delays durability, not throughput. After a crash a copy may be sent twice:
 //! consumers can dedupe on the topic/partition/offset headers.
 
-use super::fetch::InputRecord;
 use super::producer::{DeliveryFuture, PolledProducer};
 use super::topics::TopicGate;
 use super::{producer_client_config, KafkaContext};
@@ -16,8 +15,9 @@ use crate::ledger::Rejection;
 use crate::metrics::{ErrorKind, Metrics};
 use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -79,10 +79,12 @@ impl DeadLetterProducer {
     }
 
     /// Copies `message` with the rejection's headers and starts sending it.
-    pub(super) fn send(&self, message: &impl InputRecord, rejection: &Rejection) -> PendingLetter {
-        let mut headers = OwnedHeaders::new_with_capacity(message.header_count() + 5);
-        for (key, value) in (0..message.header_count()).filter_map(|i| message.header(i)) {
-            headers = headers.insert(Header { key, value });
+    pub fn send(&self, message: &BorrowedMessage<'_>, rejection: &Rejection) -> PendingLetter {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers().map_or(0, |h| h.count()) + 5);
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
         }
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();

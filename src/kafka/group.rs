@@ -13,7 +13,6 @@
 use super::committed::CommittedOffsets;
 use super::consumer::ConsumerParts;
 use super::dead_letter::{DeadLetterProducer, PendingLetter};
-use super::fetch::PartitionQueues;
 use super::prepare::{self, Prepared};
 use super::topics::TopicGate;
 use super::KafkaContext;
@@ -278,12 +277,7 @@ impl Shared {
     }
 
     /// Adds a prepared partition to the consumer's assignment at the offset its state dictates.
-    pub fn start_consuming(
-        &self,
-        consumer: &BaseConsumer<GroupContext>,
-        queues: &mut PartitionQueues,
-        prepared: Prepared,
-    ) {
+    pub fn start_consuming(&self, consumer: &BaseConsumer<GroupContext>, prepared: Prepared) {
         let partition = prepared.partition;
         let current = {
             let mut pending = self.pending();
@@ -337,10 +331,6 @@ impl Shared {
         self.metrics.assigned_partitions.set(owned.len() as i64);
         drop(owned);
         self.registry.insert(handle);
-        if !queues.detach(consumer, partition) {
-            // Not expected; its records then come through `poll` instead, one at a time.
-            tracing::warn!(partition, "no fetch queue of its own: reading the partition's records one by one");
-        }
         if let Err(e) = consumer.incremental_assign(&list) {
             self.metrics.handled_error(ErrorKind::Rebalance, &e);
         }

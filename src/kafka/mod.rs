@@ -1,13 +1,12 @@
 //! Everything that talks to Kafka for the input: client settings, topic setup, the dead-letter
 //! producer, and the consumer-group thread that owns partitions and drives them (`group` bridges
 //! rebalances, `prepare` readies an assigned partition's state, `committed` reads the group's
-//! offsets for it, `fetch` takes its records in batches). Snapshot I/O lives in `snapshot`. `producer` is the producer type of every
+//! offsets for it). Snapshot I/O lives in `snapshot`. `producer` is the producer type of every
 //! producer in ledgerd (dead letters, snapshots, routing announcements).
 
 mod committed;
 pub mod consumer;
 pub mod dead_letter;
-mod fetch;
 mod group;
 mod prepare;
 pub mod producer;
@@ -79,25 +78,12 @@ pub fn non_member_client_config(config: &KafkaConfig) -> ClientConfig {
 /// wins ("0" turns the lag metrics off).
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// How many KiB of fetched records librdkafka may hold per partition before it stops fetching it.
-/// The group consumer reads each partition from its own queue (`fetch`), and then librdkafka's
-/// `queued.max.messages.kbytes` bounds each queue rather than the one queue of all partitions
-/// (its default, 64 MiB, would allow 768 MiB for 12 partitions when ledgerd is slower than the
-/// broker). 4 MiB keeps several fetch responses (`max.partition.fetch.bytes`, 1 MiB) per partition
-/// at hand, and 12 partitions under the 64 MiB that one queue held. A
-/// `queued.max.messages.kbytes` in `kafka.properties` wins.
-const PREFETCH_KIB_PER_PARTITION: &str = "4096";
-
-/// [`client_config`] for the group consumer: with statistics, for the consumer lag, and a prefetch
-/// bound per partition. Other clients go without statistics: they would queue up unread on
-/// clients that never poll for them.
+/// [`client_config`] for the group consumer: with statistics, for the consumer lag. Other clients
+/// go without: their statistics would queue up unread on clients that never poll for them.
 pub fn group_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = end_reading_client_config(config);
     if !config.properties.contains_key("statistics.interval.ms") {
         client.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-    }
-    if !config.properties.contains_key("queued.max.messages.kbytes") {
-        client.set("queued.max.messages.kbytes", PREFETCH_KIB_PER_PARTITION);
     }
     client
 }
@@ -220,15 +206,6 @@ mod tests {
         assert_eq!(client.get("enable.idempotence"), Some("false"));
         assert_eq!(client.get("acks"), Some("all"));
         assert_eq!(client.get("client.id"), Some("kept"));
-    }
-
-    #[test]
-    fn the_group_consumer_bounds_its_prefetch_per_partition_unless_the_properties_say() {
-        let mut config = KafkaConfig::default();
-        assert_eq!(group_client_config(&config).get("queued.max.messages.kbytes"), Some(PREFETCH_KIB_PER_PARTITION));
-        assert_eq!(non_member_client_config(&config).get("queued.max.messages.kbytes"), None);
-        config.properties.insert("queued.max.messages.kbytes".into(), "1024".into());
-        assert_eq!(group_client_config(&config).get("queued.max.messages.kbytes"), Some("1024"));
     }
 
     #[test]

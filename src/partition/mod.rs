@@ -272,11 +272,6 @@ impl PartitionState {
         self.records_since_checkpoint >= max_records
     }
 
-    /// How many more records fit before `max_records` forces a seal.
-    pub fn room_before_max_records(&self, max_records: u64) -> u64 {
-        max_records.saturating_sub(self.records_since_checkpoint)
-    }
-
     /// Freezes the work so far as the next checkpoint's batch; processing continues in a fresh
     /// overlay. Returns false when there is nothing to seal or a sealed batch is still unwritten.
     pub fn seal(&mut self) -> bool {
