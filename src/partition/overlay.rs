@@ -24,27 +24,6 @@ use hashbrown::HashTable;
 /// and an account with thousands of records in one checkpoint should not make it read them all.
 const HISTORY_PER_KEY: usize = 64;
 
-/// How many entries ahead of the one being written `Overlay::write_to` asks the CPU to load.
-const PREFETCH_DISTANCE: usize = 8;
-
-/// Asks the CPU to start loading the cache line at `value` (a hint: nothing is read).
-///
-/// `write_to` visits the batch's entries in key order, which is random order in memory, and a
-/// batch (up to `checkpoint.max_records` entries) is larger than the CPU's caches: perf showed
-/// each visit waiting on its first load, 5% of the engine's time for transaction records alone.
-/// Loading a few entries ahead overlaps those waits.
-#[inline(always)]
-fn prefetch<T>(value: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `_mm_prefetch` only hints the cache; it neither reads memory the program can observe
-    // nor faults on any address, so any pointer is sound.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(value.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
 /// One account touched by the batch.
 struct Account {
     /// Its id, in `Overlay::account_ids`.
@@ -262,17 +241,11 @@ impl Overlay {
         // An account's entries go in as one key (up to HISTORY_PER_KEY of them), not one each.
         let entry_at = |rank_and_position: &u64| self.history_entry(&self.history[*rank_and_position as u32 as usize]);
         let mut entries: Vec<BorrowedHistoryEntry<'_>> = Vec::new();
-        let mut ahead = history.iter().skip(PREFETCH_DISTANCE);
         for same_account in history.chunk_by(|a, b| a >> 32 == b >> 32) {
             let (id, _) = in_key_order[(same_account[0] >> 32) as usize];
             for chunk in same_account.chunks(HISTORY_PER_KEY) {
                 entries.clear();
-                for rank_and_position in chunk {
-                    if let Some(&next) = ahead.next() {
-                        prefetch(&self.history[next as u32 as usize]);
-                    }
-                    entries.push(entry_at(rank_and_position));
-                }
+                entries.extend(chunk.iter().map(entry_at));
                 batch.put_history(id, &entries, watermark_micros);
             }
         }
@@ -288,10 +261,7 @@ impl Overlay {
             .map(|(position, t)| (rank[t.account as usize], self.transaction_id(t), position as u32))
             .collect();
         transactions.sort_unstable();
-        for (index, &(account_rank, transaction_id, position)) in transactions.iter().enumerate() {
-            if let Some(&(_, _, next)) = transactions.get(index + PREFETCH_DISTANCE) {
-                prefetch(&self.transactions[next as usize]);
-            }
+        for (account_rank, transaction_id, position) in transactions {
             let (account_id, _) = in_key_order[account_rank as usize];
             batch.put_transaction(account_id, transaction_id, &self.transactions[position as usize].record);
         }

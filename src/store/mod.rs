@@ -36,7 +36,7 @@ use rocksdb::{
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
@@ -71,9 +71,6 @@ const WAL_SHARE: usize = 2;
 /// Lookups that get past the key filters check up to this many more files, each behind its own
 /// bloom filter.
 const LEVEL_ZERO_COMPACTION_TRIGGER: i32 = 8;
-/// A checkpoint reserves at most this much for its batch up front (an exceptional one, e.g. the
-/// end of a restore, must not make every later one hold as much).
-const MAX_BATCH_RESERVATION: usize = 16 << 20;
 
 /// Shared resources for every partition's database.
 pub struct StoreEnv {
@@ -428,10 +425,6 @@ pub struct PartitionStore {
     /// The next offset of the newest checkpoint written through this handle (or found at
     /// opening), `i64::MIN` before there is one: read by other threads without a RocksDB read.
     checkpointed: AtomicI64,
-    /// Bytes of the last checkpoint's batch: the next one reserves as much up front, instead of
-    /// growing its buffer by doubling (each doubling copies everything batched so far; perf showed
-    /// those copies at about 2% of the engine's time at 50,000 records per checkpoint).
-    last_batch_bytes: AtomicUsize,
     watermark_micros: i64,
     /// What compaction may drop (shared with the compaction filters).
     horizons: Horizons,
@@ -496,7 +489,6 @@ impl PartitionStore {
             balances,
             next_offset,
             checkpointed: AtomicI64::new(next_offset.unwrap_or(i64::MIN)),
-            last_batch_bytes: AtomicUsize::new(0),
             watermark_micros,
             horizons,
             history_retention_micros,
@@ -871,9 +863,7 @@ impl PartitionStore {
     pub fn begin(&self) -> Checkpoint<'_> {
         Checkpoint {
             store: self,
-            batch: WriteBatch::with_capacity_bytes(
-                self.last_batch_bytes.load(Ordering::Relaxed).min(MAX_BATCH_RESERVATION),
-            ),
+            batch: WriteBatch::default(),
             cf_balances: self.cf(CF_BALANCES),
             cf_transactions: self.cf(CF_TRANSACTIONS),
             cf_history: self.cf(CF_HISTORY),
@@ -1021,7 +1011,6 @@ impl Checkpoint<'_> {
         }
         self.add_keys_to_filters();
         let Checkpoint { batch, balance_accounts, balances, .. } = self;
-        store.last_batch_bytes.store(batch.size_in_bytes(), Ordering::Relaxed);
         store.write(batch, &synced(), &balance_accounts, &balances)?;
         store.checkpointed.fetch_max(next_offset, Ordering::AcqRel);
         store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
