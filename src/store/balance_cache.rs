@@ -129,8 +129,20 @@ impl BalanceCache {
         self.generations.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The cached balance; counts a hit when there is one. A lookup the cache cannot answer counts
+    /// as a miss only once RocksDB is read ([`BalanceCache::put_read`]): most absent balances are
+    /// of new accounts, which the key filter answers.
     pub(super) fn get(&self, owner: u32, account: &str, currency: Currency) -> Option<Amount> {
         self.lock().get(owner, account, currency)
+    }
+
+    /// Counts a miss: RocksDB was read for the balance, and `read` is what it held (cached).
+    pub(super) fn put_read(&self, owner: u32, account: &str, currency: Currency, read: Option<Amount>) {
+        let mut generations = self.lock();
+        generations.stats.misses += 1;
+        if let Some(amount) = read {
+            generations.put(owner, account, currency, amount);
+        }
     }
 
     /// Records balances that are now in `owner`'s database (written, or read from it).
@@ -192,10 +204,7 @@ impl Generations {
             self.stats.hits += 1;
             return Some(self.current.entries[position].amount.unpack());
         }
-        let Some(position) = self.older.find(hash, owner, account, currency) else {
-            self.stats.misses += 1;
-            return None;
-        };
+        let position = self.older.find(hash, owner, account, currency)?;
         self.stats.hits += 1;
         let amount = self.older.entries[position].amount.unpack();
         self.insert(hash, owner, account, currency, amount);
@@ -324,8 +333,13 @@ mod tests {
         assert_eq!(cache.get(second, "a", usd()), None, "another state's balance");
         cache.put(first, [("a", usd(), amount("-4"))]);
         assert_eq!(cache.get(first, "a", usd()), Some(amount("-4")), "a write replaces the balance");
+        assert_eq!((cache.stats().hits, cache.stats().misses), (4, 0), "an unanswered lookup is not yet a miss");
+        cache.put_read(first, "b", usd(), None);
+        cache.put_read(first, "c", usd(), Some(amount("5")));
+        assert_eq!(cache.get(first, "b", usd()), None, "an absent balance is not cached");
+        assert_eq!(cache.get(first, "c", usd()), Some(amount("5")), "a balance read from RocksDB is");
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses), (4, 2));
+        assert_eq!((stats.hits, stats.misses), (5, 2), "each read of RocksDB is a miss");
     }
 
     #[test]

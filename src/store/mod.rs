@@ -708,22 +708,23 @@ impl PartitionStore {
     }
 
     pub fn balance(&self, account: &str, currency: Currency) -> Result<Option<Amount>, StoreError> {
-        let key = keys::balance(account, currency);
-        if !self.filters.balances.may_contain(&key) {
-            return Ok(None);
-        }
+        // The cache before the filter: with many accounts most lookups are of balances the cache
+        // holds, and the filter, which only answers for absent ones, would cost each of them its
+        // own memory loads first (docs/BENCHMARKS.md).
         let owner = self.balances.owner();
         if let Some(balance) = self.balances.cache.get(owner, account, currency) {
             return Ok(Some(balance));
         }
-        match self.db.get_pinned_cf(self.cf(CF_BALANCES), key)? {
-            Some(bytes) => {
-                let balance = codec::decode_balance(&bytes)?;
-                self.balances.cache.put(owner, [(account, currency, balance)]);
-                Ok(Some(balance))
-            }
-            None => Ok(None),
+        let key = keys::balance(account, currency);
+        if !self.filters.balances.may_contain(&key) {
+            return Ok(None);
         }
+        let read = match self.db.get_pinned_cf(self.cf(CF_BALANCES), key)? {
+            Some(bytes) => Some(codec::decode_balance(&bytes)?),
+            None => None,
+        };
+        self.balances.cache.put_read(owner, account, currency, read);
+        Ok(read)
     }
 
     /// A transaction whose event time is below a raised dedupe horizon may or may not be found.
