@@ -12,7 +12,7 @@ use crate::arena::Span;
 use crate::ledger::{
     Amount, BorrowedHistoryEntry, Currency, EventKind, HistoryOutcome, LedgerState, TransactionRecord,
 };
-use crate::store::{Checkpoint, PartitionStore, StoreError};
+use crate::store::{CacheSlot, Checkpoint, PartitionStore, StoreError};
 use std::cell::Cell;
 use std::hash::BuildHasher;
 // foldhash instead of std's SipHash: these tables are probed several times per record. Its seed is
@@ -31,6 +31,9 @@ struct Account {
     /// Accounts rarely hold more than one currency: the first balance is kept inline.
     first_balance: Option<(Currency, Amount)>,
     other_balances: Vec<(Currency, Amount)>,
+    /// Where the balance cache held the stored balance the batch started from, for its first
+    /// currency looked up: the checkpoint writes the new balance there without a lookup.
+    cache_slot: Option<(Currency, CacheSlot)>,
 }
 
 /// One record's history entry, its ids in `Overlay::history_ids`. A `HistoryEntry` with its own
@@ -124,7 +127,7 @@ impl Overlay {
         }
         let position = u32::try_from(self.accounts.len()).expect("a batch holds fewer than 2^32 accounts");
         let id = Span::push(&mut self.account_ids, account);
-        self.accounts.push(Account { id, first_balance: None, other_balances: Vec::new() });
+        self.accounts.push(Account { id, first_balance: None, other_balances: Vec::new(), cache_slot: None });
         let Overlay { hasher, account_ids, accounts, account_index, .. } = self;
         account_index.insert_unique(hasher.hash_one(account), position, |&existing| {
             hasher.hash_one(accounts[existing as usize].id.of(account_ids))
@@ -162,6 +165,12 @@ impl Overlay {
                 None => account.other_balances.push((currency, balance)),
             },
         }
+    }
+
+    /// Remembers where the balance cache holds `account`'s stored `currency` balance.
+    fn note_cache_slot(&mut self, account: &str, currency: Currency, slot: CacheSlot) {
+        let position = self.account_position(account);
+        self.accounts[position as usize].cache_slot.get_or_insert((currency, slot));
     }
 
     fn transaction(&self, account: &str, transaction_id: &str) -> Option<&TransactionRecord> {
@@ -252,8 +261,9 @@ impl Overlay {
 
         for &(id, position) in &in_key_order {
             let account = &self.accounts[position as usize];
-            for (currency, balance) in account.first_balance.iter().chain(&account.other_balances) {
-                batch.put_balance(id, *currency, *balance, next_offset);
+            for &(currency, balance) in account.first_balance.iter().chain(&account.other_balances) {
+                let slot = account.cache_slot.filter(|&(c, _)| c == currency).map(|(_, slot)| slot);
+                batch.put_balance_in_slot(id, currency, balance, next_offset, slot);
             }
         }
 
@@ -289,7 +299,11 @@ impl LedgerState for View<'_> {
         if let Some(balance) = self.sealed.and_then(|sealed| sealed.balance(account, currency)) {
             return Ok(balance);
         }
-        Ok(self.store.balance(account, currency)?.unwrap_or_default())
+        let (balance, slot) = self.store.balance_and_slot(account, currency)?;
+        if let Some(slot) = slot {
+            self.overlay.note_cache_slot(account, currency, slot);
+        }
+        Ok(balance.unwrap_or_default())
     }
 
     fn transaction(&mut self, account: &str, transaction_id: &str) -> Result<Option<TransactionRecord>, StoreError> {

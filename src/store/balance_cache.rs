@@ -89,6 +89,18 @@ impl PackedAmount {
     }
 }
 
+/// Where the cache holds a balance a lookup found: a write of that balance after the lookup
+/// updates the entry in place instead of hashing and probing again, which at a million accounts
+/// loads the index, the entry and the id from memory a second time (docs/BENCHMARKS.md).
+/// It stays usable until the generation it points into is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSlot {
+    /// The generation's number. A u32 wraps only after 2^32 generations, and a slot lives
+    /// from a record's lookup to its checkpoint's write, during which a few turn over at most.
+    generation: u32,
+    position: u32,
+}
+
 /// How many lookups the cache answered and did not, since the process started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -109,6 +121,7 @@ impl BalanceCache {
         BalanceCache {
             generations: Mutex::new(Generations {
                 hasher: RandomState::default(),
+                generation: 0,
                 generation_budget: budget / 2,
                 current: Generation::default(),
                 older: Generation::default(),
@@ -129,10 +142,11 @@ impl BalanceCache {
         self.generations.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached balance; counts a hit when there is one. A lookup the cache cannot answer counts
-    /// as a miss only once RocksDB is read ([`BalanceCache::put_read`]): most absent balances are
-    /// of new accounts, which the key filter answers.
-    pub(super) fn get(&self, owner: u32, account: &str, currency: Currency) -> Option<Amount> {
+    /// The cached balance and where it is held (unless the current generation had no room for
+    /// it); counts a hit when there is one. A lookup the
+    /// cache cannot answer counts as a miss only once RocksDB is read ([`BalanceCache::put_read`]):
+    /// most absent balances are of new accounts, which the key filter answers.
+    pub(super) fn get(&self, owner: u32, account: &str, currency: Currency) -> Option<(Amount, Option<CacheSlot>)> {
         self.lock().get(owner, account, currency)
     }
 
@@ -146,10 +160,30 @@ impl BalanceCache {
     }
 
     /// Records balances that are now in `owner`'s database (written, or read from it).
+    #[cfg(test)]
     pub(super) fn put<'a>(&self, owner: u32, balances: impl IntoIterator<Item = (&'a str, Currency, Amount)>) {
+        self.put_in_slots(
+            owner,
+            balances.into_iter().map(|(account, currency, amount)| (account, currency, amount, None)),
+        );
+    }
+
+    /// Like [`BalanceCache::put`], each balance with the slot a lookup of it returned, if any.
+    pub(super) fn put_in_slots<'a>(
+        &self,
+        owner: u32,
+        balances: impl IntoIterator<Item = (&'a str, Currency, Amount, Option<CacheSlot>)>,
+    ) {
         let mut generations = self.lock();
-        for (account, currency, amount) in balances {
-            generations.put(owner, account, currency, amount);
+        for (account, currency, amount, slot) in balances {
+            match slot.and_then(|slot| generations.entry_in(slot, owner)) {
+                Some(entry) => {
+                    debug_assert!(generations.current.entries[entry].id.of(&generations.current.ids) == account);
+                    debug_assert!(generations.current.entries[entry].currency == currency);
+                    generations.current.entries[entry].amount = PackedAmount::pack(amount);
+                }
+                None => generations.put(owner, account, currency, amount),
+            }
         }
     }
 
@@ -186,6 +220,8 @@ impl Limits {
 
 struct Generations {
     hasher: RandomState,
+    /// The current generation's number: raised each time it is replaced.
+    generation: u32,
     /// Bytes each of the two generations may allocate.
     generation_budget: usize,
     current: Generation,
@@ -198,17 +234,30 @@ impl Generations {
         self.hasher.hash_one((owner, account, currency))
     }
 
-    fn get(&mut self, owner: u32, account: &str, currency: Currency) -> Option<Amount> {
+    fn get(&mut self, owner: u32, account: &str, currency: Currency) -> Option<(Amount, Option<CacheSlot>)> {
         let hash = self.hash(owner, account, currency);
         if let Some(position) = self.current.find(hash, owner, account, currency) {
             self.stats.hits += 1;
-            return Some(self.current.entries[position].amount.unpack());
+            return Some((self.current.entries[position].amount.unpack(), Some(self.slot(position))));
         }
         let position = self.older.find(hash, owner, account, currency)?;
         self.stats.hits += 1;
         let amount = self.older.entries[position].amount.unpack();
-        self.insert(hash, owner, account, currency, amount);
-        Some(amount)
+        let slot = self.insert(hash, owner, account, currency, amount).map(|position| self.slot(position));
+        Some((amount, slot))
+    }
+
+    fn slot(&self, position: usize) -> CacheSlot {
+        CacheSlot { generation: self.generation, position: position as u32 }
+    }
+
+    /// The position in the current generation `slot` points to, if it still does and holds an
+    /// entry of `owner`. A generation's entries never move and each key has at most one, which is
+    /// never removed from the current generation: a slot that was found for a key stays that key's.
+    fn entry_in(&self, slot: CacheSlot, owner: u32) -> Option<usize> {
+        let position = slot.position as usize;
+        let entry = self.current.entries.get(position).filter(|_| slot.generation == self.generation)?;
+        (entry.owner == owner).then_some(position)
     }
 
     fn put(&mut self, owner: u32, account: &str, currency: Currency, amount: Amount) {
@@ -218,7 +267,7 @@ impl Generations {
         match self.current.find(hash, owner, account, currency) {
             Some(position) => self.current.entries[position].amount = PackedAmount::pack(amount),
             None => {
-                if !self.insert(hash, owner, account, currency, amount) {
+                if self.insert(hash, owner, account, currency, amount).is_none() {
                     // Generations are sized apart, so the older one may hold an id the current
                     // one has no room for: its value is no longer the balance.
                     self.older.remove(hash, owner, account, currency);
@@ -227,15 +276,17 @@ impl Generations {
         }
     }
 
-    /// Adds the entry to the current generation; false when there is no room for it.
-    fn insert(&mut self, hash: u64, owner: u32, account: &str, currency: Currency, amount: Amount) -> bool {
+    /// Adds the entry to the current generation and returns its position; `None` when there is
+    /// no room for it.
+    fn insert(&mut self, hash: u64, owner: u32, account: &str, currency: Currency, amount: Amount) -> Option<usize> {
         if self.current.limits.entries == 0 {
             // First use (with a budget too small for one entry, this allocates nothing).
             self.current = Generation::with_limits(Limits::for_budget(self.generation_budget, ASSUMED_ID_BYTES));
+            self.generation = self.generation.wrapping_add(1);
         }
         if self.current.is_full_for(account) {
             if self.current.entries.is_empty() {
-                return false; // caching is off, or an id longer than a generation's ids
+                return None; // caching is off, or an id longer than a generation's ids
             }
             // The next generation is sized for the ids this one was given (the older one's
             // memory is freed first, so two generations are never exceeded).
@@ -243,13 +294,13 @@ impl Generations {
             self.older = Generation::default();
             let next = Generation::with_limits(Limits::for_budget(self.generation_budget, id_bytes));
             self.older = std::mem::replace(&mut self.current, next);
+            self.generation = self.generation.wrapping_add(1);
         }
         if self.current.is_full_for(account) {
-            return false; // an id longer than a generation's ids
+            return None; // an id longer than a generation's ids
         }
         let Generations { hasher, current, .. } = self;
-        current.insert(hasher, hash, owner, account, currency, amount);
-        true
+        Some(current.insert(hasher, hash, owner, account, currency, amount))
     }
 }
 
@@ -290,7 +341,8 @@ impl Generation {
         }
     }
 
-    /// The caller checked that there is room, so this never grows a buffer.
+    /// Returns the entry's position. The caller checked that there is room, so this never grows
+    /// a buffer.
     fn insert(
         &mut self,
         hasher: &RandomState,
@@ -299,7 +351,7 @@ impl Generation {
         account: &str,
         currency: Currency,
         amount: Amount,
-    ) {
+    ) -> usize {
         let position = u32::try_from(self.entries.len()).expect("a generation holds fewer than 2^32 entries");
         let id = Span::push(&mut self.ids, account);
         self.entries.push(Entry { owner, id, currency, amount: PackedAmount::pack(amount) });
@@ -308,6 +360,7 @@ impl Generation {
             let entry = &entries[existing as usize];
             hasher.hash_one((entry.owner, entry.id.of(ids), entry.currency))
         });
+        position as usize
     }
 
     fn bytes(&self) -> usize {
@@ -320,24 +373,28 @@ mod tests {
     use super::*;
     use crate::ledger::test_values::{amount, eur, usd};
 
+    fn get(cache: &BalanceCache, owner: u32, account: &str, currency: Currency) -> Option<Amount> {
+        cache.get(owner, account, currency).map(|(amount, _)| amount)
+    }
+
     #[test]
     fn answers_what_was_put_per_owner_account_and_currency() {
         let cache = BalanceCache::new(1 << 20);
         let (first, second) = (cache.new_owner(), cache.new_owner());
         assert_ne!(first, second);
         cache.put(first, [("a", usd(), amount("1.50")), ("a", eur(), amount("2")), ("ab", usd(), amount("3"))]);
-        assert_eq!(cache.get(first, "a", usd()), Some(amount("1.50")));
-        assert_eq!(cache.get(first, "a", eur()), Some(amount("2")));
-        assert_eq!(cache.get(first, "ab", usd()), Some(amount("3")));
-        assert_eq!(cache.get(first, "b", usd()), None, "never put");
-        assert_eq!(cache.get(second, "a", usd()), None, "another state's balance");
+        assert_eq!(get(&cache, first, "a", usd()), Some(amount("1.50")));
+        assert_eq!(get(&cache, first, "a", eur()), Some(amount("2")));
+        assert_eq!(get(&cache, first, "ab", usd()), Some(amount("3")));
+        assert_eq!(get(&cache, first, "b", usd()), None, "never put");
+        assert_eq!(get(&cache, second, "a", usd()), None, "another state's balance");
         cache.put(first, [("a", usd(), amount("-4"))]);
-        assert_eq!(cache.get(first, "a", usd()), Some(amount("-4")), "a write replaces the balance");
+        assert_eq!(get(&cache, first, "a", usd()), Some(amount("-4")), "a write replaces the balance");
         assert_eq!((cache.stats().hits, cache.stats().misses), (4, 0), "an unanswered lookup is not yet a miss");
         cache.put_read(first, "b", usd(), None);
         cache.put_read(first, "c", usd(), Some(amount("5")));
-        assert_eq!(cache.get(first, "b", usd()), None, "an absent balance is not cached");
-        assert_eq!(cache.get(first, "c", usd()), Some(amount("5")), "a balance read from RocksDB is");
+        assert_eq!(get(&cache, first, "b", usd()), None, "an absent balance is not cached");
+        assert_eq!(get(&cache, first, "c", usd()), Some(amount("5")), "a balance read from RocksDB is");
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses), (5, 2), "each read of RocksDB is a miss");
     }
@@ -354,12 +411,12 @@ mod tests {
             cache.put(owner, [(format!("account-{i}").as_str(), usd(), amount(&i.to_string()))]);
             if i % (entries / 2) == 0 {
                 // Used once per half generation: never dropped.
-                assert_eq!(cache.get(owner, "hot", usd()), Some(amount("7")), "after {i}");
+                assert_eq!(get(&cache, owner, "hot", usd()), Some(amount("7")), "after {i}");
             }
         }
         let last = entries * 10 - 1;
-        assert_eq!(cache.get(owner, &format!("account-{last}"), usd()), Some(amount(&last.to_string())));
-        assert_eq!(cache.get(owner, "account-0", usd()), None, "dropped with its generation");
+        assert_eq!(get(&cache, owner, &format!("account-{last}"), usd()), Some(amount(&last.to_string())));
+        assert_eq!(get(&cache, owner, "account-0", usd()), None, "dropped with its generation");
         let bytes = cache.stats().bytes;
         assert!(bytes <= budget, "{bytes} bytes allocated for a budget of {budget}");
     }
@@ -375,11 +432,37 @@ mod tests {
             cache.put(owner, [(format!("filler-{i}").as_str(), usd(), amount("0"))]);
         }
         cache.put(owner, [("a", usd(), amount("2"))]);
-        assert_eq!(cache.get(owner, "a", usd()), Some(amount("2")));
+        assert_eq!(get(&cache, owner, "a", usd()), Some(amount("2")));
         for i in 0..entries {
             cache.put(owner, [(format!("more-{i}").as_str(), usd(), amount("0"))]);
         }
-        assert_eq!(cache.get(owner, "a", usd()), Some(amount("2")), "the newer value outlives the older");
+        assert_eq!(get(&cache, owner, "a", usd()), Some(amount("2")), "the newer value outlives the older");
+    }
+
+    #[test]
+    fn a_write_to_a_slot_updates_the_entry_found_and_a_stale_slot_is_looked_up_again() {
+        let budget = 64 << 10;
+        let cache = BalanceCache::new(budget);
+        let (owner, other) = (cache.new_owner(), cache.new_owner());
+        cache.put(owner, [("a", usd(), amount("1")), ("b", usd(), amount("1"))]);
+        let slot = cache.get(owner, "a", usd()).and_then(|(_, slot)| slot).expect("in the current generation");
+        cache.put_in_slots(owner, [("a", usd(), amount("2"), Some(slot))]);
+        assert_eq!(get(&cache, owner, "a", usd()), Some(amount("2")));
+        assert_eq!(get(&cache, owner, "b", usd()), Some(amount("1")), "only the slot's entry changed");
+        // Another state (as after a failed write, which gets a new owner) does not write through it.
+        cache.put_in_slots(other, [("a", usd(), amount("3"), Some(slot))]);
+        assert_eq!(get(&cache, owner, "a", usd()), Some(amount("2")));
+        assert_eq!(get(&cache, other, "a", usd()), Some(amount("3")));
+        // Once its generation is replaced, the slot's position holds some other balance.
+        let fillers = first_generation_entries(budget);
+        for i in 0..fillers {
+            cache.put(owner, [(format!("filler-{i}").as_str(), usd(), amount("0"))]);
+        }
+        cache.put_in_slots(owner, [("a", usd(), amount("4"), Some(slot))]);
+        assert_eq!(get(&cache, owner, "a", usd()), Some(amount("4")));
+        for i in 0..fillers {
+            assert_eq!(get(&cache, owner, &format!("filler-{i}"), usd()), Some(amount("0")), "filler-{i}");
+        }
     }
 
     fn first_generation_entries(budget: usize) -> usize {
@@ -432,10 +515,11 @@ mod tests {
             let mut generations = cache.lock();
             let tiny = Generation::with_limits(Limits { entries: 8, id_bytes: 8 });
             generations.older = std::mem::replace(&mut generations.current, tiny);
+            generations.generation += 1;
         }
-        assert_eq!(cache.get(owner, &long, usd()), Some(amount("1")), "found in the older generation");
+        assert_eq!(get(&cache, owner, &long, usd()), Some(amount("1")), "found in the older generation");
         cache.put(owner, [(long.as_str(), usd(), amount("2"))]);
-        assert_eq!(cache.get(owner, &long, usd()), None, "the older value is dropped, not answered");
+        assert_eq!(get(&cache, owner, &long, usd()), None, "the older value is dropped, not answered");
     }
 
     #[test]
@@ -443,7 +527,7 @@ mod tests {
         let cache = BalanceCache::new(0);
         let owner = cache.new_owner();
         cache.put(owner, [("a", usd(), amount("1"))]);
-        assert_eq!(cache.get(owner, "a", usd()), None);
+        assert_eq!(get(&cache, owner, "a", usd()), None);
         assert_eq!(cache.stats().bytes, 0);
     }
 }

@@ -25,7 +25,7 @@ use crate::config::StateConfig;
 use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, BorrowedHistoryEntry, Currency, HistoryEntry, TransactionRecord};
 use balance_cache::BalanceCache;
-pub use balance_cache::CacheStats;
+pub use balance_cache::{CacheSlot, CacheStats};
 use codec::CodecError;
 use filter::{KeyFilters, Loader};
 use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, RETIRED_CFS};
@@ -708,23 +708,33 @@ impl PartitionStore {
     }
 
     pub fn balance(&self, account: &str, currency: Currency) -> Result<Option<Amount>, StoreError> {
+        Ok(self.balance_and_slot(account, currency)?.0)
+    }
+
+    /// The balance, and where the balance cache holds it if it does: a checkpoint that writes the
+    /// account's new balance passes the slot on ([`Checkpoint::put_balance_in_slot`]).
+    pub fn balance_and_slot(
+        &self,
+        account: &str,
+        currency: Currency,
+    ) -> Result<(Option<Amount>, Option<CacheSlot>), StoreError> {
         // The cache before the filter: with many accounts most lookups are of balances the cache
         // holds, and the filter, which only answers for absent ones, would cost each of them its
         // own memory loads first (docs/BENCHMARKS.md).
         let owner = self.balances.owner();
-        if let Some(balance) = self.balances.cache.get(owner, account, currency) {
-            return Ok(Some(balance));
+        if let Some((balance, slot)) = self.balances.cache.get(owner, account, currency) {
+            return Ok((Some(balance), slot));
         }
         let key = keys::balance(account, currency);
         if !self.filters.balances.may_contain(&key) {
-            return Ok(None);
+            return Ok((None, None));
         }
         let read = match self.db.get_pinned_cf(self.cf(CF_BALANCES), key)? {
             Some(bytes) => Some(codec::decode_balance(&bytes)?),
             None => None,
         };
         self.balances.cache.put_read(owner, account, currency, read);
-        Ok(read)
+        Ok((read, None))
     }
 
     /// A transaction whose event time is below a raised dedupe horizon may or may not be found.
@@ -912,19 +922,32 @@ pub struct Checkpoint<'s> {
     balance_keys: Vec<u64>,
     transaction_keys: Vec<(u64, i64)>,
     /// The balances written, for the balance cache once they are durable: (account's end in
-    /// `balance_accounts`, currency, balance).
+    /// `balance_accounts`, currency, balance, where the cache held it when it was read).
     balance_accounts: String,
-    balances: Vec<(usize, Currency, Amount)>,
+    balances: Vec<(usize, Currency, Amount, Option<CacheSlot>)>,
 }
 
 impl Checkpoint<'_> {
     /// `changed_at` is the next offset of the checkpoint that makes this change durable.
     pub fn put_balance(&mut self, account: &str, currency: Currency, balance: Amount, changed_at: i64) {
+        self.put_balance_in_slot(account, currency, balance, changed_at, None);
+    }
+
+    /// Like [`Checkpoint::put_balance`], with the slot [`PartitionStore::balance_and_slot`] gave
+    /// for the balance this one replaces.
+    pub fn put_balance_in_slot(
+        &mut self,
+        account: &str,
+        currency: Currency,
+        balance: Amount,
+        changed_at: i64,
+        slot: Option<CacheSlot>,
+    ) {
         keys::balance_into(&mut self.key, account, currency);
         self.batch.put_cf(self.cf_balances, &self.key, codec::encode_balance(balance, changed_at));
         self.balance_keys.push(self.store.filters.balances.hash(&self.key));
         self.balance_accounts.push_str(account);
-        self.balances.push((self.balance_accounts.len(), currency, balance));
+        self.balances.push((self.balance_accounts.len(), currency, balance, slot));
     }
 
     /// Records that `account`'s restored state already reflects its input records below `valid_through`.
@@ -1040,16 +1063,17 @@ impl PartitionStore {
         batch: WriteBatch,
         options: &WriteOptions,
         accounts: &str,
-        balances: &[(usize, Currency, Amount)],
+        balances: &[(usize, Currency, Amount, Option<CacheSlot>)],
     ) -> Result<(), StoreError> {
         if let Err(e) = self.db.write_opt(batch, options) {
             self.balances.owner.store(self.balances.cache.new_owner(), Ordering::Relaxed);
             return Err(e.into());
         }
         let starts = std::iter::once(0).chain(balances.iter().map(|&(end, ..)| end));
-        let written =
-            starts.zip(balances).map(|(start, &(end, currency, balance))| (&accounts[start..end], currency, balance));
-        self.balances.cache.put(self.balances.owner(), written);
+        let written = starts
+            .zip(balances)
+            .map(|(start, &(end, currency, balance, slot))| (&accounts[start..end], currency, balance, slot));
+        self.balances.cache.put_in_slots(self.balances.owner(), written);
         Ok(())
     }
 }
