@@ -143,9 +143,9 @@ impl BalanceCache {
     }
 
     /// The cached balance and where it is held (unless the current generation had no room for
-    /// it); counts a hit when there is one. A lookup the
-    /// cache cannot answer counts as a miss only once RocksDB is read ([`BalanceCache::put_read`]):
-    /// most absent balances are of new accounts, which the key filter answers.
+    /// it); counts a hit when there is one. A lookup the cache cannot answer counts as a miss
+    /// only once RocksDB is read ([`BalanceCache::put_read`]): most absent balances are of new
+    /// accounts, which the key filter answers.
     pub(super) fn get(&self, owner: u32, account: &str, currency: Currency) -> Option<(Amount, Option<CacheSlot>)> {
         self.lock().get(owner, account, currency)
     }
@@ -159,7 +159,7 @@ impl BalanceCache {
         }
     }
 
-    /// Records balances that are now in `owner`'s database (written, or read from it).
+    /// [`BalanceCache::put_in_slots`] without slots.
     #[cfg(test)]
     pub(super) fn put<'a>(&self, owner: u32, balances: impl IntoIterator<Item = (&'a str, Currency, Amount)>) {
         self.put_in_slots(
@@ -168,7 +168,8 @@ impl BalanceCache {
         );
     }
 
-    /// Like [`BalanceCache::put`], each balance with the slot a lookup of it returned, if any.
+    /// Records balances that `owner`'s database now holds, each with the slot a lookup of it
+    /// returned, if any.
     pub(super) fn put_in_slots<'a>(
         &self,
         owner: u32,
