@@ -128,7 +128,7 @@ pub struct RawEvent<'a> {
 }
 
 fn required<'a>(value: Option<&'a str>, field: &str) -> Result<&'a str, Rejection> {
-    match value.map(str::trim) {
+    match value.map(super::trim) {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(Rejection::new(RejectReason::MissingField, format!("field `{field}` is required"))),
     }
@@ -142,7 +142,9 @@ fn id<'a>(value: Option<&'a str>, field: &str) -> Result<&'a str, Rejection> {
             format!("field `{field}` is longer than {MAX_ID_LEN} bytes"),
         ));
     }
-    if v.chars().any(char::is_control) {
+    // Printable ASCII, the usual id, needs no look at its characters (`char::is_control` also
+    // holds for U+0080–U+009F, so anything else is checked as characters).
+    if !v.bytes().all(|b| matches!(b, b' '..=b'~')) && v.chars().any(char::is_control) {
         return Err(Rejection::new(RejectReason::InvalidField, format!("field `{field}` contains control characters")));
     }
     Ok(v)
@@ -153,7 +155,7 @@ impl<'a> TransactionEvent<'a> {
     /// `account_id` the key names the account; when both are present they must agree, because the
     /// key decides the partition and so which state owns the account.
     pub fn validate(raw: RawEvent<'a>, record_key: Option<&'a str>) -> Result<Self, Rejection> {
-        let account_id = match (raw.account_id.map(str::trim).filter(|a| !a.is_empty()), record_key) {
+        let account_id = match (raw.account_id.map(super::trim).filter(|a| !a.is_empty()), record_key) {
             (Some(body), Some(key)) if body != key => {
                 return Err(Rejection::new(
                     RejectReason::AccountKeyMismatch,
@@ -254,6 +256,18 @@ mod tests {
             Effect::Movement { delta: Amount::parse("-1299.00").unwrap(), currency: Currency::parse("USD").unwrap() }
         );
         assert_eq!(event.event_time_micros, 1_710_172_629_000_000);
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_rejected_whatever_their_encoding() {
+        for id in ["a\tb", "ab\u{7f}", "a\u{85}b", "\u{9f}x", "caf\u{e9}\u{0}"] {
+            let raw = RawEvent { transaction_id: Some(id), ..seed_payment() };
+            assert_eq!(reason(raw), RejectReason::InvalidField, "{id:?}");
+        }
+        for id in ["caf\u{e9}", "a b", "\u{a0}x\u{a0}", "~!"] {
+            let raw = RawEvent { transaction_id: Some(id), ..seed_payment() };
+            assert!(TransactionEvent::validate(raw, None).is_ok(), "{id:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,30 @@ pub use money::Amount;
 pub use reducer::{apply, LedgerState, Outcome, TransactionRecord};
 pub use reject::{RejectReason, Rejection};
 
+/// `str::trim`, answering at once for the usual field that starts and ends with a visible ASCII
+/// character: neither end can then be whitespace, ASCII or not. `str::trim` walks both ends as
+/// characters, and every field of every event is trimmed.
+pub(crate) fn trim(text: &str) -> &str {
+    match text.as_bytes() {
+        [only] if only.is_ascii_graphic() => text,
+        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Both ends drawn from visible ASCII, ASCII and Unicode whitespace, and other characters.
+        #[test]
+        fn trim_agrees_with_str_trim(text in "[ \t\n\u{b}\u{c}\r\u{85}\u{a0}\u{2003}\u{3000}a~é\u{1}]{0,6}") {
+            prop_assert_eq!(super::trim(&text), text.trim());
+        }
+    }
+}
+
 /// Values tests across the crate write often.
 #[cfg(test)]
 pub(crate) mod test_values {

@@ -44,7 +44,7 @@ impl Amount {
     ///
     /// The scale of the literal is kept (`5000.00` stays `5000.00`); an exponent shifts it.
     pub fn parse(text: &str) -> Result<Self, AmountError> {
-        let text = text.trim();
+        let text = super::trim(text);
         if text.is_empty() {
             return Err(AmountError::Empty);
         }
