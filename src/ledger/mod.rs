@@ -17,9 +17,8 @@ pub use reject::{RejectReason, Rejection};
 /// character: neither end can then be whitespace, ASCII or not. `str::trim` walks both ends as
 /// characters, and every field of every event is trimmed.
 pub(crate) fn trim(text: &str) -> &str {
-    match text.as_bytes() {
-        [only] if only.is_ascii_graphic() => text,
-        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
         _ => text.trim(),
     }
 }
