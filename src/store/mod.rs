@@ -30,8 +30,8 @@ use codec::CodecError;
 use filter::{KeyFilters, Loader};
 use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, RETIRED_CFS};
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, IteratorMode,
-    Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, DBCompressionType,
+    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -71,6 +71,16 @@ const WAL_SHARE: usize = 2;
 /// Lookups that get past the key filters check up to this many more files, each behind its own
 /// bloom filter.
 const LEVEL_ZERO_COMPACTION_TRIGGER: i32 = 8;
+
+/// Flushes write level 0 uncompressed; every level below it is LZ4. Level-0 files are few (usually
+/// at most [`LEVEL_ZERO_COMPACTION_TRIGGER`] per column family) and soon merged into the level
+/// below, so compressing them spent CPU on bytes about to be rewritten: without it the engine
+/// costs about 8% less CPU per record (docs/BENCHMARKS.md). With dynamic level sizes (RocksDB's
+/// default) the second entry is the level that level 0 merges into, whatever its number.
+const COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = {
+    use DBCompressionType::{Lz4, None};
+    [None, Lz4, Lz4, Lz4, Lz4, Lz4, Lz4]
+};
 
 /// Shared resources for every partition's database.
 pub struct StoreEnv {
@@ -176,7 +186,7 @@ impl StoreEnv {
         options.set_write_buffer_size(self.write_buffer_size / MEMTABLE_SHARE);
         // What a restart after kill -9 replays; why it is as large as it is: [`WAL_SHARE`].
         options.set_max_total_wal_size((self.write_buffer_size / WAL_SHARE) as u64);
-        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.set_compression_per_level(&COMPRESSION_PER_LEVEL);
         options.set_level_zero_file_num_compaction_trigger(LEVEL_ZERO_COMPACTION_TRIGGER);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(3);
