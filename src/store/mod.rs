@@ -82,6 +82,14 @@ const COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = {
     [None, Lz4, Lz4, Lz4, Lz4, Lz4, Lz4]
 };
 
+/// Opening a state after kill -9 replays its write-ahead logs into memtables and, by default,
+/// then writes those memtables out as level-0 files before the open returns: about a quarter of
+/// the open's time, on the path from a restart to processing again (docs/BENCHMARKS.md). Kept in
+/// memtables instead, they flush when full like any other, and the logs stay until they do.
+/// RocksDB still flushes during the replay when the shared memtable budget needs the room (as
+/// when many states open at once), and then at its end too: memory stays within the budget.
+const RECOVERY_OPTIONS: &str = "avoid_flush_during_recovery=true";
+
 /// Shared resources for every partition's database.
 pub struct StoreEnv {
     root: PathBuf,
@@ -170,7 +178,11 @@ impl StoreEnv {
     }
 
     fn options(&self) -> Options {
-        let mut options = Options::default();
+        // The rocksdb crate has no setter for it; a string sets it on fresh options, before
+        // anything whose lifetime the crate tracks (cache, write buffer manager) is attached.
+        let mut options = Options::default()
+            .get_options_from_string(RECOVERY_OPTIONS)
+            .expect("RECOVERY_OPTIONS is a valid RocksDB options string");
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_block_based_table_factory(&self.table(true));
@@ -1250,6 +1262,30 @@ mod tests {
         assert_eq!(store.balance("a", usd()).unwrap().unwrap().to_string(), "3701.00");
         assert_eq!(store.account_balances("a").unwrap(), vec![(usd(), Amount::parse("3701.00").unwrap())]);
         assert!(store.account_balances("ab").unwrap().is_empty());
+        assert_eq!(store.transaction("a", "t1").unwrap(), Some(record(10)));
+    }
+
+    #[test]
+    fn reopening_replays_the_write_ahead_log_without_writing_table_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let level0_files = |store: &PartitionStore| {
+            keys::ALL_CFS
+                .iter()
+                .map(|name| store.db.property_int_value_cf(store.cf(name), "rocksdb.num-files-at-level0").unwrap())
+                .map(Option::unwrap)
+                .sum::<u64>()
+        };
+        {
+            let (store, _) = env.open_partition("transactions", 3).unwrap();
+            let mut cp = store.begin();
+            cp.put_transaction("a", "t1", &record(10));
+            cp.commit(7, 10).unwrap();
+        }
+        // Closed without a flush, as kill -9 leaves it: the write is only in the log.
+        let (store, _) = env.open_partition("transactions", 3).unwrap();
+        assert_eq!(level0_files(&store), 0);
+        assert_eq!(store.stored_next_offset(), Some(7));
         assert_eq!(store.transaction("a", "t1").unwrap(), Some(record(10)));
     }
 
