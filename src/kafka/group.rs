@@ -13,6 +13,7 @@
 use super::committed::CommittedOffsets;
 use super::consumer::ConsumerParts;
 use super::dead_letter::{DeadLetterProducer, PendingLetter};
+use super::early::EarlyStates;
 use super::prepare::{self, Prepared};
 use super::topics::TopicGate;
 use super::KafkaContext;
@@ -88,6 +89,8 @@ pub(super) struct Shared {
     pub shutdown: CancellationToken,
     /// The group's committed offsets, for every partition's preparation.
     pub committed: Arc<CommittedOffsets>,
+    /// Local states opened while the group join is in flight, for their partitions' preparation.
+    pub early: Arc<EarlyStates>,
     /// Locked by the poll loop per record and by callbacks inside `poll()`; both on the same
     /// thread, never across a `poll()`, so it is never contended.
     owned: Mutex<BTreeMap<i32, Owned>>,
@@ -107,6 +110,7 @@ impl Shared {
     pub fn new(parts: ConsumerParts, prepared: Sender<Prepared>) -> Result<Shared, KafkaError> {
         let ConsumerParts { config, env, metrics, registry, dead_letters, topics, shutdown } = parts;
         let local = env.local_partitions(&config.kafka.input_topic);
+        let early = EarlyStates::open(&env, &config.kafka.input_topic, &local, &metrics);
         let committed = Arc::new(CommittedOffsets::new(&config, KafkaContext { metrics: metrics.clone() })?);
         // Connects while the group join is in flight: a restarted instance then checks its
         // partitions' state against the group without a client's start-up in between.
@@ -124,6 +128,7 @@ impl Shared {
             registry,
             shutdown,
             committed,
+            early,
             owned: Mutex::default(),
             pending: Mutex::default(),
             pending_count: AtomicUsize::new(0),
@@ -241,10 +246,11 @@ impl Shared {
     fn on_assign(self: &Arc<Self>, consumer: &BaseConsumer<GroupContext>, list: &TopicPartitionList) {
         let topic = &self.config.kafka.input_topic;
         let local = self.env.local_partitions(topic);
+        let assigned: Vec<i32> = list.elements_for_topic(topic).iter().map(|e| e.partition()).collect();
+        self.early.keep_only(&assigned);
         let mut look_up = Vec::new();
         let mut pending = self.pending();
-        for element in list.elements_for_topic(topic) {
-            let partition = element.partition();
+        for partition in assigned {
             self.released.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
             let generation = self.generation.fetch_add(1, Ordering::Relaxed);
             let cancel = self.shutdown.child_token();
@@ -350,6 +356,11 @@ impl Shared {
                 released.remove(&partition);
                 continue;
             }
+            // Opened early but never assigned: closed first (an open still in flight is left
+            // for the next scan).
+            if !self.early.close(partition) {
+                continue;
+            }
             match self.env.delete_partition(&self.config.kafka.input_topic, partition) {
                 Ok(()) => {
                     released.remove(&partition);
@@ -377,6 +388,8 @@ impl Shared {
         for partition in &partitions {
             if let Some(preparing) = pending.remove(partition) {
                 preparing.cancel.cancel();
+                // Its preparation may not have taken the state opened early yet.
+                self.early.close(*partition);
                 self.registry.remove(*partition);
                 tracing::info!(partition, "partition released while preparing");
             }

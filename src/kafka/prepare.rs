@@ -8,6 +8,7 @@
 //! state is set aside and the snapshot loaded; if not, the local state is kept (replaying from it
 //! is exact, only slower). With neither, the input is replayed from its beginning.
 
+use super::early;
 use super::group::Shared;
 use crate::kafka::KafkaContext;
 use crate::metrics::ErrorKind;
@@ -206,18 +207,17 @@ fn state(shared: &Shared, partition: i32, store: PartitionStore) -> Result<Parti
     .map_err(|e| PrepareError::Fatal(format!("partition {partition}: cannot read restore state: {e}")))
 }
 
-/// Opens the partition's state, setting unusable state aside. A lock held by this instance's own
-/// previous handle (a quick revoke and re-assign) is waited out.
+/// Opens the partition's state (or takes it from those opened early), setting unusable state
+/// aside. A lock held by this instance's own previous handle (a quick revoke and re-assign) is
+/// waited out.
 fn open(shared: &Shared, partition: i32, cancel: &CancellationToken) -> Result<PartitionStore, PrepareError> {
+    if let Some(store) = shared.early.take(partition) {
+        return Ok(store);
+    }
     let topic = &shared.config.kafka.input_topic;
     let (store, set_aside) =
         retry(shared, partition, cancel, "opening state", || shared.env.open_partition(topic, partition))?;
-    if let Some(aside) = set_aside {
-        shared.metrics.handled_error(
-            ErrorKind::StateSetAside,
-            &format_args!("partition {partition}: state {} ({})", aside.moved_to.display(), aside.reason),
-        );
-    }
+    early::report_set_aside(&shared.metrics, partition, set_aside);
     Ok(store)
 }
 
