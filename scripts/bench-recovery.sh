@@ -22,7 +22,8 @@
 # group.instance.id (see below); SESSION_TIMEOUT_MS (default 10000, see below);
 # BENCH_DEAD_LETTERS=0 generates no malformed or conflicting records (at 2M records tansu answered
 # the dead-letter producer so slowly that its messages timed out and checkpoints stalled);
-# BENCH_PROFILE=dev, BENCH_BIN=DIR, BENCH_KEEP=1.
+# BENCH_KAFKA_PROPERTIES: more lines for both processes' [kafka.properties] table, to try a
+# librdkafka knob; BENCH_PROFILE=dev, BENCH_BIN=DIR, BENCH_KEEP=1.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -54,6 +55,7 @@ input_topic = "$TOPIC"
 dlq_topic = "$TOPIC-dlq"
 [kafka.properties]
 "session.timeout.ms" = "$SESSION_TIMEOUT_MS"
+${BENCH_KAFKA_PROPERTIES:-}
 [snapshot]
 topic = "$TOPIC-snapshots"
 [routing]
