@@ -129,7 +129,7 @@ impl EarlyStates {
                 drop(store);
                 self.slots().remove(&partition);
                 self.opened.notify_all();
-                tracing::info!(partition, "closed a state opened early: the partition is not assigned here");
+                tracing::info!(partition, "closed a state opened early: its partition did not take it");
                 true
             }
             Some(Slot::Opening | Slot::Closing) => false,

@@ -1,8 +1,9 @@
 //! Everything that talks to Kafka for the input: client settings, topic setup, the dead-letter
 //! producer, and the consumer-group thread that owns partitions and drives them (`group` bridges
 //! rebalances, `prepare` readies an assigned partition's state, `early` opens local states while
-//! the group join is in flight, `committed` reads the group's offsets for it). Snapshot I/O lives in `snapshot`. `producer` is the producer type of every
-//! producer in ledgerd (dead letters, snapshots, routing announcements).
+//! the group join is in flight, `committed` reads the group's offsets for it). Snapshot I/O lives
+//! in `snapshot`. `producer` is the producer type of every producer in ledgerd (dead letters,
+//! snapshots, routing announcements).
 
 mod committed;
 pub mod consumer;
