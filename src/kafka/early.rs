@@ -7,8 +7,9 @@
 //! assignment does not include are closed ([`EarlyStates::keep_only`]): a state stays open only
 //! for a partition this instance is about to own.
 
+use super::prepare::report_set_aside;
 use crate::metrics::{ErrorKind, Metrics};
-use crate::store::{PartitionStore, SetAside, StoreEnv};
+use crate::store::{PartitionStore, StoreEnv};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -141,16 +142,6 @@ impl EarlyStates {
     }
 }
 
-/// Reports a state found unusable and moved aside when it was opened.
-pub(super) fn report_set_aside(metrics: &Metrics, partition: i32, set_aside: Option<SetAside>) {
-    if let Some(aside) = set_aside {
-        metrics.handled_error(
-            ErrorKind::StateSetAside,
-            &format_args!("partition {partition}: state {} ({})", aside.moved_to.display(), aside.reason),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,10 +180,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = env_with_states(dir.path(), &[4]);
         let early = EarlyStates::open(&env, TOPIC, &[4], &Metrics::new());
-        while !early.close(4) {
-            // Still opening: its opener closes it when done.
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        // Closed now, or by its opener when its open finishes; `take` waits for either.
+        early.close(4);
         assert!(early.take(4).is_none());
         env.delete_partition(TOPIC, 4).unwrap();
         assert!(env.local_partitions(TOPIC).is_empty());

@@ -8,14 +8,13 @@
 //! state is set aside and the snapshot loaded; if not, the local state is kept (replaying from it
 //! is exact, only slower). With neither, the input is replayed from its beginning.
 
-use super::early;
 use super::group::Shared;
 use crate::kafka::KafkaContext;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, Metrics};
 use crate::partition::PartitionState;
 use crate::snapshot::restore::{ReadOutcome, RestoreError, SnapshotReader};
 use crate::snapshot::round;
-use crate::store::{PartitionStore, StoreError};
+use crate::store::{PartitionStore, SetAside, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -217,7 +216,7 @@ fn open(shared: &Shared, partition: i32, cancel: &CancellationToken) -> Result<P
     let topic = &shared.config.kafka.input_topic;
     let (store, set_aside) =
         retry(shared, partition, cancel, "opening state", || shared.env.open_partition(topic, partition))?;
-    early::report_set_aside(&shared.metrics, partition, set_aside);
+    report_set_aside(&shared.metrics, partition, set_aside);
     Ok(store)
 }
 
@@ -244,4 +243,14 @@ fn retry<T>(
         backoff *= 2;
     }
     Err(PrepareError::Fatal(format!("partition {partition}: {what} failed {OPEN_ATTEMPTS} times")))
+}
+
+/// Reports a state found unusable and moved aside when it was opened.
+pub(super) fn report_set_aside(metrics: &Metrics, partition: i32, set_aside: Option<SetAside>) {
+    if let Some(aside) = set_aside {
+        metrics.handled_error(
+            ErrorKind::StateSetAside,
+            &format_args!("partition {partition}: state {} ({})", aside.moved_to.display(), aside.reason),
+        );
+    }
 }
