@@ -267,13 +267,24 @@ impl Overlay {
             }
         }
 
-        let mut transactions: Vec<(u32, &str, u32)> = (self.transactions.iter().enumerate())
-            .map(|(position, t)| (rank[t.account as usize], self.transaction_id(t), position as u32))
+        // Sorted as integers first, as history is; ids are compared only within an account that
+        // has several (comparing them across the whole batch read each id from cold memory).
+        let mut transactions: Vec<u64> = (self.transactions.iter().enumerate())
+            .map(|(position, t)| (u64::from(rank[t.account as usize]) << 32) | position as u64)
             .collect();
         transactions.sort_unstable();
-        for (account_rank, transaction_id, position) in transactions {
-            let (account_id, _) = in_key_order[account_rank as usize];
-            batch.put_transaction(account_id, transaction_id, &self.transactions[position as usize].record);
+        let mut same_account_ids: Vec<(&str, u32)> = Vec::new();
+        for same_account in transactions.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let (account_id, _) = in_key_order[(same_account[0] >> 32) as usize];
+            same_account_ids.clear();
+            same_account_ids.extend(same_account.iter().map(|&rank_and_position| {
+                let position = rank_and_position as u32;
+                (self.transaction_id(&self.transactions[position as usize]), position)
+            }));
+            same_account_ids.sort_unstable();
+            for &(transaction_id, position) in &same_account_ids {
+                batch.put_transaction(account_id, transaction_id, &self.transactions[position as usize].record);
+            }
         }
     }
 }
