@@ -57,6 +57,8 @@ pub struct ConsumerParts {
 /// Joins the group and processes until `shutdown` fires; then checkpoints every owned partition,
 /// commits, and leaves the group. Blocking: run it on its own thread.
 pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
+    // Every record is applied and checkpointed on this thread.
+    crate::store::stop_perf_counters_on_this_thread();
     let (config, metrics, topics, shutdown) =
         (Arc::clone(&parts.config), parts.metrics.clone(), Arc::clone(&parts.topics), parts.shutdown.clone());
     let (prepared_tx, prepared_rx) = std::sync::mpsc::channel();

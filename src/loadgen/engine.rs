@@ -42,6 +42,8 @@ impl Engine {
     /// Returns the time spent in checkpoints (sealing, building and writing each batch), so a
     /// pass's time splits into decoding, applying and checkpointing.
     pub fn run(&mut self, records: &[Fixture], checkpoint_every: u64) -> Result<Duration, StoreError> {
+        // As the consumer thread does.
+        crate::store::stop_perf_counters_on_this_thread();
         let mut checkpointing = Duration::ZERO;
         for (offset, record) in records.iter().enumerate() {
             let key = Some(record.key.as_bytes());

@@ -1138,6 +1138,14 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// Stops RocksDB's per-thread perf counters on the calling thread. RocksDB counts what every
+/// read and write does (comparisons, keys, bytes) in a thread-local context unless told not to,
+/// and ledgerd never reads those counts; on a thread that checkpoints every record, each update
+/// is a thread-local lookup and an increment per key (docs/BENCHMARKS.md).
+pub fn stop_perf_counters_on_this_thread() {
+    rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
+}
+
 /// Lists `(account, currency, balance)` in key order; used by tests and tools.
 pub fn all_balances(store: &PartitionStore) -> Result<Vec<(String, Currency, Amount)>, StoreError> {
     let mut out = Vec::new();
