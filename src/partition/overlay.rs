@@ -227,9 +227,9 @@ impl Overlay {
     /// Adds the changes to `batch`, which will be committed with `next_offset` and `watermark_micros`.
     ///
     /// In key order within each column family (accounts as their length-prefixed keys sort, then
-    /// offsets or ids), not in the order the batch saw them: each memtable's skip list then finds
-    /// every insert's place next to the one before instead of searching from the top, which made
-    /// the inserts cheaper (measured in docs/BENCHMARKS.md).
+    /// offsets or ids), not in the order the batch saw them: with the store's insert hint, each
+    /// memtable's skip list then finds every insert's place from the one before instead of
+    /// searching from the top, which made the inserts cheaper (measured in docs/BENCHMARKS.md).
     pub(super) fn write_to(&self, batch: &mut Checkpoint<'_>, next_offset: i64, watermark_micros: i64) {
         // Sorting works on small copies made in one pass, not on positions into `accounts` and
         // `transactions`: by the time a batch is written its entries are cold, and comparisons
