@@ -243,15 +243,12 @@ impl Overlay {
         }
 
         // Entries were pushed in offset order, so (rank, position) orders them by account, then offset.
-        let mut history: Vec<u64> = (self.history.iter().enumerate())
-            .map(|(position, entry)| (u64::from(rank[entry.account as usize]) << 32) | position as u64)
-            .collect();
-        history.sort_unstable();
+        let history = sorted_by_account(&rank, self.history.iter().map(|entry| entry.account));
         // An account's entries go in as one key (up to HISTORY_PER_KEY of them), not one each.
-        let entry_at = |rank_and_position: &u64| self.history_entry(&self.history[*rank_and_position as u32 as usize]);
+        let entry_at = |&key: &u64| self.history_entry(&self.history[position_of(key)]);
         let mut entries: Vec<BorrowedHistoryEntry<'_>> = Vec::new();
-        for same_account in history.chunk_by(|a, b| a >> 32 == b >> 32) {
-            let (id, _) = in_key_order[(same_account[0] >> 32) as usize];
+        for (account_rank, same_account) in account_runs(&history) {
+            let (id, _) = in_key_order[account_rank];
             for chunk in same_account.chunks(HISTORY_PER_KEY) {
                 entries.clear();
                 entries.extend(chunk.iter().map(entry_at));
@@ -267,26 +264,44 @@ impl Overlay {
             }
         }
 
-        // Sorted as integers first, as history is; ids are compared only within an account that
-        // has several (comparing them across the whole batch read each id from cold memory).
-        let mut transactions: Vec<u64> = (self.transactions.iter().enumerate())
-            .map(|(position, t)| (u64::from(rank[t.account as usize]) << 32) | position as u64)
-            .collect();
-        transactions.sort_unstable();
-        let mut same_account_ids: Vec<(&str, u32)> = Vec::new();
-        for same_account in transactions.chunk_by(|a, b| a >> 32 == b >> 32) {
-            let (account_id, _) = in_key_order[(same_account[0] >> 32) as usize];
+        // Sorted as history is; ids are compared only within an account that has several
+        // (comparing them across the whole batch read each id from cold memory).
+        let transactions = sorted_by_account(&rank, self.transactions.iter().map(|t| t.account));
+        let mut same_account_ids: Vec<(&str, usize)> = Vec::new();
+        for (account_rank, same_account) in account_runs(&transactions) {
+            let (account_id, _) = in_key_order[account_rank];
             same_account_ids.clear();
-            same_account_ids.extend(same_account.iter().map(|&rank_and_position| {
-                let position = rank_and_position as u32;
-                (self.transaction_id(&self.transactions[position as usize]), position)
+            same_account_ids.extend(same_account.iter().map(|&key| {
+                let position = position_of(key);
+                (self.transaction_id(&self.transactions[position]), position)
             }));
             same_account_ids.sort_unstable();
             for &(transaction_id, position) in &same_account_ids {
-                batch.put_transaction(account_id, transaction_id, &self.transactions[position as usize].record);
+                batch.put_transaction(account_id, transaction_id, &self.transactions[position].record);
             }
         }
     }
+}
+
+/// Entries' positions ordered by their account's rank in key order, then by position: packed as
+/// `rank << 32 | position`, so the sort compares integers, not ids in cold memory.
+fn sorted_by_account(rank: &[u32], accounts: impl Iterator<Item = u32>) -> Vec<u64> {
+    let mut keys: Vec<u64> = accounts
+        .enumerate()
+        .map(|(position, account)| (u64::from(rank[account as usize]) << 32) | position as u64)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// [`sorted_by_account`]'s keys split into one run per account, with the account's rank.
+fn account_runs(keys: &[u64]) -> impl Iterator<Item = (usize, &[u64])> {
+    keys.chunk_by(|a, b| a >> 32 == b >> 32).map(|run| ((run[0] >> 32) as usize, run))
+}
+
+/// The entry's position in a [`sorted_by_account`] key.
+fn position_of(key: u64) -> usize {
+    key as u32 as usize
 }
 
 /// What the reducer reads and writes while applying one event: the open overlay, then the sealed
