@@ -17,6 +17,7 @@
 //! `state.balance_cache_size`) answers most reads of balances that are there.
 
 mod balance_cache;
+mod batch;
 pub mod codec;
 mod filter;
 pub mod keys;
@@ -26,6 +27,7 @@ use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, BorrowedHistoryEntry, Currency, HistoryEntry, TransactionRecord};
 use balance_cache::BalanceCache;
 pub use balance_cache::{CacheSlot, CacheStats};
+use batch::{EncodedBatch, RecordPrefix};
 use codec::CodecError;
 use filter::{KeyFilters, Loader};
 use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, RETIRED_CFS};
@@ -463,6 +465,33 @@ pub struct PartitionStore {
     /// What compaction may drop (shared with the compaction filters).
     horizons: Horizons,
     history_retention_micros: i64,
+    /// How a checkpoint's records start in each column family it writes.
+    prefixes: RecordPrefixes,
+}
+
+/// The [`RecordPrefix`] of each kind of record a checkpoint writes, learned once at opening.
+#[derive(Clone, Copy)]
+struct RecordPrefixes {
+    meta: RecordPrefix,
+    balances: RecordPrefix,
+    transactions: RecordPrefix,
+    history: RecordPrefix,
+    restore_skip: RecordPrefix,
+    clear_restore_skips: RecordPrefix,
+}
+
+impl RecordPrefixes {
+    fn learn(db: &DB) -> RecordPrefixes {
+        let cf = |name| db.cf_handle(name).expect("opened with every column family");
+        RecordPrefixes {
+            meta: RecordPrefix::put(cf(CF_META)),
+            balances: RecordPrefix::put(cf(CF_BALANCES)),
+            transactions: RecordPrefix::put(cf(CF_TRANSACTIONS)),
+            history: RecordPrefix::put(cf(CF_HISTORY)),
+            restore_skip: RecordPrefix::put(cf(CF_RESTORE_SKIP)),
+            clear_restore_skips: RecordPrefix::delete_range(cf(CF_RESTORE_SKIP)),
+        }
+    }
 }
 
 /// An account as of the last checkpoint, read from one consistent view.
@@ -513,6 +542,7 @@ impl PartitionStore {
             let floor = if next_offset.is_some() { watermark_micros } else { i64::MIN };
             db.put_cf_opt(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(floor), &synced())?;
         }
+        let prefixes = RecordPrefixes::learn(&db);
         let (db, filters) = (Arc::new(db), Arc::new(KeyFilters::new()));
         let loader = Loader::start(Arc::clone(&db), Arc::clone(&filters), path.display().to_string());
         Ok(PartitionStore {
@@ -526,6 +556,7 @@ impl PartitionStore {
             watermark_micros,
             horizons,
             history_retention_micros,
+            prefixes,
         })
     }
 
@@ -908,10 +939,8 @@ impl PartitionStore {
     pub fn begin(&self) -> Checkpoint<'_> {
         Checkpoint {
             store: self,
-            batch: WriteBatch::default(),
-            cf_balances: self.cf(CF_BALANCES),
-            cf_transactions: self.cf(CF_TRANSACTIONS),
-            cf_history: self.cf(CF_HISTORY),
+            batch: EncodedBatch::default(),
+            prefixes: self.prefixes,
             key: Vec::new(),
             value: Vec::new(),
             balance_keys: Vec::new(),
@@ -942,12 +971,8 @@ impl PartitionStore {
 /// One atomic unit of state change: balances, transaction ids and the next offset together.
 pub struct Checkpoint<'s> {
     store: &'s PartitionStore,
-    batch: WriteBatch,
-    /// The column families a checkpoint writes per record, looked up once (each lookup is a
-    /// search of the database's map of them by name).
-    cf_balances: &'s rocksdb::ColumnFamily,
-    cf_transactions: &'s rocksdb::ColumnFamily,
-    cf_history: &'s rocksdb::ColumnFamily,
+    batch: EncodedBatch,
+    prefixes: RecordPrefixes,
     /// Reused encoding buffers: the batch copies what it is given, so one key and one value buffer
     /// serve every put instead of two allocations per record.
     key: Vec<u8>,
@@ -978,7 +1003,7 @@ impl Checkpoint<'_> {
         slot: Option<CacheSlot>,
     ) {
         keys::balance_into(&mut self.key, account, currency);
-        self.batch.put_cf(self.cf_balances, &self.key, codec::encode_balance(balance, changed_at));
+        self.batch.push(self.prefixes.balances, &self.key, &codec::encode_balance(balance, changed_at));
         self.balance_keys.push(self.store.filters.balances.hash(&self.key));
         self.balance_accounts.push_str(account);
         self.balances.push((self.balance_accounts.len(), currency, balance, slot));
@@ -986,22 +1011,18 @@ impl Checkpoint<'_> {
 
     /// Records that `account`'s restored state already reflects its input records below `valid_through`.
     pub fn put_restore_skip(&mut self, account: &str, valid_through: i64) {
-        self.batch.put_cf(
-            self.store.cf(CF_RESTORE_SKIP),
-            keys::account_prefix(account),
-            codec::encode_i64(valid_through),
-        );
+        self.batch.push(self.prefixes.restore_skip, &keys::account_prefix(account), &codec::encode_i64(valid_through));
     }
 
     /// Drops every restore skip (once the partition has read past all of them).
     pub fn clear_restore_skips(&mut self) {
         // Account prefixes start with a u16 length, so every key sorts below [0xff; 3].
-        self.batch.delete_range_cf(self.store.cf(CF_RESTORE_SKIP), &[][..], &[0xff, 0xff, 0xff][..]);
+        self.batch.push(self.prefixes.clear_restore_skips, &[], &[0xff, 0xff, 0xff]);
     }
 
     /// Sets the offset of the snapshot round the state is known to be covered by (after a restore).
     pub fn put_snapshot_through(&mut self, offset: i64) {
-        self.batch.put_cf(self.store.cf(CF_META), MetaKey::SnapshotThrough.name(), codec::encode_i64(offset));
+        self.batch.push(self.prefixes.meta, MetaKey::SnapshotThrough.name(), &codec::encode_i64(offset));
     }
 
     /// Writes what is batched so far without a next offset and without syncing: a restore's
@@ -1009,7 +1030,7 @@ impl Checkpoint<'_> {
     pub fn write_partial(self) -> Result<(), StoreError> {
         self.add_keys_to_filters();
         let Checkpoint { store, batch, balance_accounts, balances, .. } = self;
-        store.write(batch, &WriteOptions::default(), &balance_accounts, &balances)
+        store.write(batch.into_write_batch(), &WriteOptions::default(), &balance_accounts, &balances)
     }
 
     /// Remembers a transaction. Compaction forgets it once its event time falls behind the dedupe
@@ -1018,7 +1039,7 @@ impl Checkpoint<'_> {
         keys::transaction_into(&mut self.key, account, transaction_id);
         self.value.clear();
         codec::encode_transaction_into(record, &mut self.value);
-        self.batch.put_cf(self.cf_transactions, &self.key, &self.value);
+        self.batch.push(self.prefixes.transactions, &self.key, &self.value);
         self.transaction_keys.push((self.store.filters.transactions.hash(&self.key), record.event_time_micros));
     }
 
@@ -1032,7 +1053,7 @@ impl Checkpoint<'_> {
         self.value.clear();
         let retention = |entry: &BorrowedHistoryEntry<'_>| entry.event_time_micros.unwrap_or(watermark_micros);
         codec::encode_history_into(entries, retention, &mut self.value);
-        self.batch.put_cf(self.cf_history, &self.key, &self.value);
+        self.batch.push(self.prefixes.history, &self.key, &self.value);
     }
 
     /// Before the write: a key in the database must never be missing from its filter. A write that
@@ -1058,18 +1079,19 @@ impl Checkpoint<'_> {
     ) -> Result<(), StoreError> {
         let store = self.store;
         let meta = store.cf(CF_META);
-        self.batch.put_cf(meta, MetaKey::NextOffset.name(), codec::encode_i64(next_offset));
-        self.batch.put_cf(meta, MetaKey::Watermark.name(), codec::encode_i64(watermark_micros));
+        let meta_prefix = self.prefixes.meta;
+        self.batch.push(meta_prefix, MetaKey::NextOffset.name(), &codec::encode_i64(next_offset));
+        self.batch.push(meta_prefix, MetaKey::Watermark.name(), &codec::encode_i64(watermark_micros));
         // The floor rises before compaction may drop anything below the new horizon.
         let horizon = store.retention_horizon(watermark_micros);
         let wanted = horizon.max(history_floor_micros);
         let floor = store.db.get_cf(meta, MetaKey::HistoryFloor.name())?.map(|v| codec::decode_i64(&v)).transpose()?;
         if floor.is_none_or(|floor| wanted > floor) {
-            self.batch.put_cf(meta, MetaKey::HistoryFloor.name(), codec::encode_i64(wanted));
+            self.batch.push(meta_prefix, MetaKey::HistoryFloor.name(), &codec::encode_i64(wanted));
         }
         self.add_keys_to_filters();
         let Checkpoint { batch, balance_accounts, balances, .. } = self;
-        store.write(batch, &synced(), &balance_accounts, &balances)?;
+        store.write(batch.into_write_batch(), &synced(), &balance_accounts, &balances)?;
         store.checkpointed.fetch_max(next_offset, Ordering::AcqRel);
         store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
         Ok(())
