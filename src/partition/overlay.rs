@@ -242,12 +242,12 @@ impl Overlay {
             rank[position as usize] = account_rank as u32;
         }
 
-        // Entries were pushed in offset order, so (rank, position) orders them by account, then offset.
-        let history = sorted_by_account(&rank, self.history.iter().map(|entry| entry.account));
+        // Entries were pushed in offset order, and grouping keeps that order within an account.
+        let history = ByAccount::group(&rank, self.history.iter().map(|entry| entry.account));
         // An account's entries go in as one key (up to HISTORY_PER_KEY of them), not one each.
-        let entry_at = |&key: &u64| self.history_entry(&self.history[position_of(key)]);
+        let entry_at = |&position: &u32| self.history_entry(&self.history[position as usize]);
         let mut entries: Vec<BorrowedHistoryEntry<'_>> = Vec::new();
-        for (account_rank, same_account) in account_runs(&history) {
+        for (account_rank, same_account) in history.runs() {
             let (id, _) = in_key_order[account_rank];
             for chunk in same_account.chunks(HISTORY_PER_KEY) {
                 entries.clear();
@@ -266,13 +266,13 @@ impl Overlay {
 
         // Sorted as history is; ids are compared only within an account that has several
         // (comparing them across the whole batch read each id from cold memory).
-        let transactions = sorted_by_account(&rank, self.transactions.iter().map(|t| t.account));
+        let transactions = ByAccount::group(&rank, self.transactions.iter().map(|t| t.account));
         let mut same_account_ids: Vec<(&str, usize)> = Vec::new();
-        for (account_rank, same_account) in account_runs(&transactions) {
+        for (account_rank, same_account) in transactions.runs() {
             let (account_id, _) = in_key_order[account_rank];
             same_account_ids.clear();
-            same_account_ids.extend(same_account.iter().map(|&key| {
-                let position = position_of(key);
+            same_account_ids.extend(same_account.iter().map(|&position| {
+                let position = position as usize;
                 (self.transaction_id(&self.transactions[position]), position)
             }));
             same_account_ids.sort_unstable();
@@ -283,25 +283,42 @@ impl Overlay {
     }
 }
 
-/// Entries' positions ordered by their account's rank in key order, then by position: packed as
-/// `rank << 32 | position`, so the sort compares integers, not ids in cold memory.
-fn sorted_by_account(rank: &[u32], accounts: impl Iterator<Item = u32>) -> Vec<u64> {
-    let mut keys: Vec<u64> = accounts
-        .enumerate()
-        .map(|(position, account)| (u64::from(rank[account as usize]) << 32) | position as u64)
-        .collect();
-    keys.sort_unstable();
-    keys
+/// Entries' positions grouped by their account's rank in key order, in their own order within an
+/// account: a counting sort, two passes over the entries' accounts. It replaced sorting
+/// `rank << 32 | position` integers, which took 12 times as many instructions (callgrind).
+struct ByAccount {
+    /// Where each rank's positions start in `positions`, and one past the last rank's end.
+    starts: Vec<u32>,
+    positions: Vec<u32>,
 }
 
-/// [`sorted_by_account`]'s keys split into one run per account, with the account's rank.
-fn account_runs(keys: &[u64]) -> impl Iterator<Item = (usize, &[u64])> {
-    keys.chunk_by(|a, b| a >> 32 == b >> 32).map(|run| ((run[0] >> 32) as usize, run))
-}
+impl ByAccount {
+    fn group(rank: &[u32], accounts: impl Iterator<Item = u32> + Clone) -> ByAccount {
+        let mut starts = vec![0u32; rank.len() + 1];
+        for account in accounts.clone() {
+            starts[rank[account as usize] as usize + 1] += 1;
+        }
+        for at in 1..starts.len() {
+            starts[at] += starts[at - 1];
+        }
+        let mut next = starts.clone();
+        let mut positions = vec![0u32; *starts.last().expect("one more start than ranks") as usize];
+        for (position, account) in accounts.enumerate() {
+            let slot = &mut next[rank[account as usize] as usize];
+            positions[*slot as usize] = position as u32;
+            *slot += 1;
+        }
+        ByAccount { starts, positions }
+    }
 
-/// The entry's position in a [`sorted_by_account`] key.
-fn position_of(key: u64) -> usize {
-    key as u32 as usize
+    /// Each rank with entries, and its entries' positions.
+    fn runs(&self) -> impl Iterator<Item = (usize, &[u32])> {
+        self.starts
+            .windows(2)
+            .enumerate()
+            .filter(|(_, bounds)| bounds[0] < bounds[1])
+            .map(|(rank, bounds)| (rank, &self.positions[bounds[0] as usize..bounds[1] as usize]))
+    }
 }
 
 /// What the reducer reads and writes while applying one event: the open overlay, then the sealed
@@ -443,6 +460,17 @@ mod tests {
         let back: Vec<_> = overlay.history.iter().map(|pending| overlay.history_entry(pending)).collect();
         assert_eq!(back, [applied, dead]);
         assert_eq!((overlay.history[0].account, overlay.history[1].account), (0, 1));
+    }
+
+    #[test]
+    fn grouping_by_account_orders_by_rank_and_keeps_each_accounts_own_order() {
+        // Accounts 0..4 rank 2, 0, 3, 1: account 1 first, then 3, 0, 2 (which has no entries).
+        let rank = [2, 0, 3, 1];
+        let accounts = [0, 1, 0, 3, 1, 1, 0];
+        let grouped = ByAccount::group(&rank, accounts.iter().copied());
+        let runs: Vec<(usize, Vec<u32>)> = grouped.runs().map(|(rank, run)| (rank, run.to_vec())).collect();
+        assert_eq!(runs, [(0, vec![1, 4, 5]), (1, vec![3]), (2, vec![0, 2, 6])]);
+        assert_eq!(ByAccount::group(&rank, std::iter::empty()).runs().count(), 0);
     }
 
     #[test]
