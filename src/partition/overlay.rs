@@ -285,7 +285,8 @@ impl Overlay {
 
 /// Entries' positions grouped by their account's rank in key order, in their own order within an
 /// account: a counting sort, two passes over the entries' accounts. It replaced sorting
-/// `rank << 32 | position` integers, which took 12 times as many instructions (callgrind).
+/// `rank << 32 | position` integers, which took about 8 times as many instructions (callgrind:
+/// 56M against about 7M for 200k records).
 struct ByAccount {
     /// Where each rank's positions start in `positions`, and one past the last rank's end.
     starts: Vec<u32>,
