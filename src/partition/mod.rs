@@ -133,11 +133,10 @@ impl PartitionState {
     /// Whether the record of `account` at `offset` is already reflected in the snapshot the
     /// partition was restored from. Such records are skipped, dead letters included: the previous
     /// owner confirmed those before the checkpoint the snapshot was read from.
-    fn in_snapshot(&self, account: &[u8], offset: i64) -> bool {
+    fn in_snapshot(&self, account: &str, offset: i64) -> bool {
         if offset >= self.restore_skips_until {
             return false;
         }
-        let Ok(account) = std::str::from_utf8(account) else { return false };
         self.restore_skips.get(account).is_some_and(|valid_through| offset < *valid_through)
     }
 
@@ -150,10 +149,11 @@ impl PartitionState {
         decoded: &Result<TransactionEvent<'_>, Rejection>,
     ) -> Result<Disposition, StoreError> {
         // The record's account: the event's, or for a record that does not decode, its key (the
-        // two agree whenever both exist; validation rejects a mismatch).
+        // two agree whenever both exist; validation rejects a mismatch). A key that is not UTF-8
+        // names no account.
         let account = match decoded {
-            Ok(event) => Some(event.account_id.as_bytes()),
-            Err(_) => key,
+            Ok(event) => Some(&*event.account_id),
+            Err(_) => key.and_then(|key| std::str::from_utf8(key).ok()),
         };
         let mut effect = None;
         let disposition = match decoded {
@@ -194,7 +194,7 @@ impl PartitionState {
     fn record_history(
         &mut self,
         offset: i64,
-        account: Option<&[u8]>,
+        account: Option<&str>,
         decoded: &Result<TransactionEvent<'_>, Rejection>,
         disposition: &Disposition,
         effect: Option<(ledger::Amount, ledger::Currency)>,
@@ -211,9 +211,7 @@ impl PartitionState {
                 return;
             }
         };
-        let Some(account) =
-            account.filter(|a| !a.is_empty() && a.len() <= MAX_ID_LEN).and_then(|a| std::str::from_utf8(a).ok())
-        else {
+        let Some(account) = account.filter(|a| !a.is_empty() && a.len() <= MAX_ID_LEN) else {
             return;
         };
         let entry = BorrowedHistoryEntry {
