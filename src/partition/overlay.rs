@@ -18,6 +18,7 @@ use std::hash::BuildHasher;
 // foldhash instead of std's SipHash: these tables are probed several times per record. Its seed is
 // random per process, so crafted account or transaction ids cannot aim at collisions.
 use foldhash::fast::RandomState;
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 /// At most this many history entries share a RocksDB key: a page of history reads whole values,
@@ -180,18 +181,28 @@ impl Overlay {
 
     fn put_transaction(&mut self, account: &str, transaction_id: &str, record: TransactionRecord) {
         let account = self.account_position(account);
-        if let Some(position) = self.find_transaction(account, transaction_id) {
-            self.transactions[position as usize].record = record;
-            return;
-        }
-        let position = u32::try_from(self.transactions.len()).expect("a batch holds fewer than 2^32 transactions");
-        let id = Span::push(&mut self.transaction_ids, transaction_id);
-        self.transactions.push(Transaction { account, id, record });
+        // One hash and one probe whether the transaction is new or not.
         let Overlay { hasher, transaction_ids, transactions, transaction_index, .. } = self;
-        transaction_index.insert_unique(hasher.hash_one((account, transaction_id)), position, |&existing| {
-            let existing = &transactions[existing as usize];
-            hasher.hash_one((existing.account, existing.id.of(transaction_ids)))
-        });
+        let entry = transaction_index.entry(
+            hasher.hash_one((account, transaction_id)),
+            |&position| {
+                let transaction = &transactions[position as usize];
+                transaction.account == account && transaction.id.of(transaction_ids) == transaction_id
+            },
+            |&existing| {
+                let existing = &transactions[existing as usize];
+                hasher.hash_one((existing.account, existing.id.of(transaction_ids)))
+            },
+        );
+        match entry {
+            Entry::Occupied(found) => transactions[*found.get() as usize].record = record,
+            Entry::Vacant(slot) => {
+                let position = u32::try_from(transactions.len()).expect("a batch holds fewer than 2^32 transactions");
+                let id = Span::push(transaction_ids, transaction_id);
+                transactions.push(Transaction { account, id, record });
+                slot.insert(position);
+            }
+        }
     }
 
     pub(super) fn push_history(&mut self, account: &str, entry: BorrowedHistoryEntry<'_>) {
