@@ -17,7 +17,7 @@ use std::time::Instant;
 
 enum Slot {
     Opening,
-    Open(PartitionStore),
+    Open(Box<PartitionStore>),
     /// Being closed, or opening and to be closed when done: not open again until it is gone.
     Closing,
 }
@@ -69,7 +69,7 @@ impl EarlyStates {
                 let mut slots = self.slots();
                 if matches!(slots.get(&partition), Some(Slot::Opening)) {
                     tracing::info!(partition, seconds = started.elapsed().as_secs_f64(), "local state opened early");
-                    slots.insert(partition, Slot::Open(store));
+                    slots.insert(partition, Slot::Open(Box::new(store)));
                 } else {
                     drop(slots);
                     drop(store);
@@ -95,7 +95,7 @@ impl EarlyStates {
         let mut slots = self.slots();
         loop {
             match slots.remove(&partition) {
-                Some(Slot::Open(store)) => return Some(store),
+                Some(Slot::Open(store)) => return Some(*store),
                 Some(slot @ (Slot::Opening | Slot::Closing)) => {
                     slots.insert(partition, slot);
                     slots = self.opened.wait(slots).unwrap_or_else(|e| e.into_inner());

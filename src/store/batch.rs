@@ -68,11 +68,25 @@ pub(super) struct EncodedBatch {
 
 impl Default for EncodedBatch {
     fn default() -> EncodedBatch {
-        EncodedBatch { rep: vec![0; HEADER_LEN], count: 0 }
+        EncodedBatch::with_capacity(0)
     }
 }
 
 impl EncodedBatch {
+    /// An empty batch with room for `bytes` of records, so that one the size of the last does
+    /// not grow by doubling: each doubling copied what the batch held so far, about 70
+    /// instructions per record in all (callgrind).
+    pub(super) fn with_capacity(bytes: usize) -> EncodedBatch {
+        let mut rep = Vec::with_capacity(HEADER_LEN + bytes);
+        rep.resize(HEADER_LEN, 0);
+        EncodedBatch { rep, count: 0 }
+    }
+
+    /// Bytes of the records so far.
+    pub(super) fn records_len(&self) -> usize {
+        self.rep.len() - HEADER_LEN
+    }
+
     /// A record of the kind `prefix` names with two strings: a put's key and value, or a range
     /// deletion's first and end keys.
     pub(super) fn push(&mut self, prefix: RecordPrefix, first: &[u8], second: &[u8]) {

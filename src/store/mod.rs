@@ -38,7 +38,7 @@ use rocksdb::{
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
@@ -467,6 +467,8 @@ pub struct PartitionStore {
     history_retention_micros: i64,
     /// How a checkpoint's records start in each column family it writes.
     prefixes: RecordPrefixes,
+    /// Bytes of the last batch written: the next one starts with room for as many.
+    last_batch_bytes: AtomicUsize,
 }
 
 /// The [`RecordPrefix`] of each kind of record a checkpoint writes, learned once at opening.
@@ -557,6 +559,7 @@ impl PartitionStore {
             horizons,
             history_retention_micros,
             prefixes,
+            last_batch_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -939,7 +942,7 @@ impl PartitionStore {
     pub fn begin(&self) -> Checkpoint<'_> {
         Checkpoint {
             store: self,
-            batch: EncodedBatch::default(),
+            batch: EncodedBatch::with_capacity(self.last_batch_bytes.load(Ordering::Relaxed)),
             prefixes: self.prefixes,
             key: Vec::new(),
             value: Vec::new(),
@@ -1030,7 +1033,7 @@ impl Checkpoint<'_> {
     pub fn write_partial(self) -> Result<(), StoreError> {
         self.add_keys_to_filters();
         let Checkpoint { store, batch, balance_accounts, balances, .. } = self;
-        store.write(batch.into_write_batch(), &WriteOptions::default(), &balance_accounts, &balances)
+        store.write(batch, &WriteOptions::default(), &balance_accounts, &balances)
     }
 
     /// Remembers a transaction. Compaction forgets it once its event time falls behind the dedupe
@@ -1091,7 +1094,7 @@ impl Checkpoint<'_> {
         }
         self.add_keys_to_filters();
         let Checkpoint { batch, balance_accounts, balances, .. } = self;
-        store.write(batch.into_write_batch(), &synced(), &balance_accounts, &balances)?;
+        store.write(batch, &synced(), &balance_accounts, &balances)?;
         store.checkpointed.fetch_max(next_offset, Ordering::AcqRel);
         store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
         Ok(())
@@ -1116,12 +1119,13 @@ impl PartitionStore {
     /// their account ids end to end; each balance has its id's end).
     fn write(
         &self,
-        batch: WriteBatch,
+        batch: EncodedBatch,
         options: &WriteOptions,
         accounts: &str,
         balances: &[(usize, Currency, Amount, Option<CacheSlot>)],
     ) -> Result<(), StoreError> {
-        if let Err(e) = self.db.write_opt(batch, options) {
+        self.last_batch_bytes.store(batch.records_len(), Ordering::Relaxed);
+        if let Err(e) = self.db.write_opt(batch.into_write_batch(), options) {
             self.balances.owner.store(self.balances.cache.new_owner(), Ordering::Relaxed);
             return Err(e.into());
         }
