@@ -275,7 +275,7 @@ impl Overlay {
             }
         }
 
-        // Sorted as history is; ids are compared only within an account that has several
+        // Grouped as history is; ids are sorted only within an account that has several
         // (comparing them across the whole batch read each id from cold memory).
         let transactions = ByAccount::group(&rank, self.transactions.iter().map(|t| t.account));
         let mut same_account_ids: Vec<(&str, usize)> = Vec::new();
