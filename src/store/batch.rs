@@ -22,7 +22,7 @@ const HEADER_LEN: usize = 12;
 const COUNT_AT: usize = 8;
 
 /// The bytes one kind of record (a put or a range deletion, in one column family) starts with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(super) struct RecordPrefix {
     /// A type byte and a varint32 column family id fit in six.
     bytes: [u8; 6],
@@ -64,12 +64,6 @@ impl RecordPrefix {
 pub(super) struct EncodedBatch {
     rep: Vec<u8>,
     count: u32,
-}
-
-impl Default for EncodedBatch {
-    fn default() -> EncodedBatch {
-        EncodedBatch::with_capacity(0)
-    }
 }
 
 impl EncodedBatch {
@@ -144,7 +138,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let db = db_with_families(dir.path());
             let (first, second) = (db.cf_handle("first").unwrap(), db.cf_handle("second").unwrap());
-            let mut ours = EncodedBatch::default();
+            let mut ours = EncodedBatch::with_capacity(0);
             let mut theirs = WriteBatch::default();
             for (kind, a, b) in &records {
                 match kind {
@@ -174,7 +168,7 @@ mod tests {
         let db = db_with_families(dir.path());
         let (first, second) = (db.cf_handle("first").unwrap(), db.cf_handle("second").unwrap());
         let long_value = vec![7u8; 300];
-        let mut batch = EncodedBatch::default();
+        let mut batch = EncodedBatch::with_capacity(0);
         batch.push(RecordPrefix::put(first), b"a", b"1");
         batch.push(RecordPrefix::put(second), b"a", &long_value);
         batch.push(RecordPrefix::put(second), b"b", b"2");
