@@ -64,6 +64,13 @@ struct Transaction {
     record: TransactionRecord,
 }
 
+impl Transaction {
+    /// Whether this is `account`'s transaction `id` (`ids` is `Overlay::transaction_ids`).
+    fn is(&self, account: u32, id: &str, ids: &str) -> bool {
+        self.account == account && self.id.of(ids) == id
+    }
+}
+
 /// Changes since the last checkpoint.
 #[derive(Default)]
 pub(super) struct Overlay {
@@ -141,8 +148,7 @@ impl Overlay {
         let hash = self.hasher.hash_one((account, transaction_id));
         self.transaction_index
             .find(hash, |&position| {
-                let transaction = &self.transactions[position as usize];
-                transaction.account == account && self.transaction_id(transaction) == transaction_id
+                self.transactions[position as usize].is(account, transaction_id, &self.transaction_ids)
             })
             .copied()
     }
@@ -185,10 +191,7 @@ impl Overlay {
         let Overlay { hasher, transaction_ids, transactions, transaction_index, .. } = self;
         let entry = transaction_index.entry(
             hasher.hash_one((account, transaction_id)),
-            |&position| {
-                let transaction = &transactions[position as usize];
-                transaction.account == account && transaction.id.of(transaction_ids) == transaction_id
-            },
+            |&position| transactions[position as usize].is(account, transaction_id, transaction_ids),
             |&existing| {
                 let existing = &transactions[existing as usize];
                 hasher.hash_one((existing.account, existing.id.of(transaction_ids)))
