@@ -53,12 +53,16 @@ pub struct ReadOutcome {
 
 impl SnapshotReader {
     pub fn new(config: &Config, context: KafkaContext) -> Result<SnapshotReader, KafkaError> {
-        let consumer = non_member_client_config(&config.kafka)
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
-            .create_with_context(context)?;
+        let mut client = non_member_client_config(&config.kafka);
+        client.set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
+        // A restore reads a whole snapshot partition at once, so it asks for more per fetch than
+        // librdkafka's defaults; sizes set in `kafka.properties` win.
+        for (property, value) in [("fetch.max.bytes", "52428800"), ("max.partition.fetch.bytes", "10485760")] {
+            if !config.kafka.properties.contains_key(property) {
+                client.set(property, value);
+            }
+        }
+        let consumer = client.create_with_context(context)?;
         Ok(SnapshotReader {
             consumer,
             snapshot_topic: config.snapshot.topic.clone(),

@@ -224,10 +224,19 @@ impl Instance {
             // leaving room for a revoke that waits for its dead letters on a slow broker. A leaving
             // member's close waits for its in-flight JoinGroup, which the coordinator may hold for
             // that long, so the instances' shutdown.timeout (45 s) is longer.
+            //
+            // tansu 0.6 serves the storage requests of all its clients one at a time, and a fetch
+            // looks up each record's headers with a query of its own: once earlier tests had
+            // filled the broker, one 5 MiB fetch (tansu's cap on librdkafka's fetch.max.bytes)
+            // held the storage for 9.8 s, the heartbeats queued behind it missed the session, and
+            // the group never formed again (tansu kept the expired member as the leader of the
+            // forming group). Fetches of 1 MiB (librdkafka's floor: message.max.bytes) keep each
+            // hold short. Kafka serves fetches and heartbeats concurrently.
             extra_properties: vec![
                 ("session.timeout.ms".into(), SESSION_TIMEOUT.as_millis().to_string()),
                 ("heartbeat.interval.ms".into(), "500".into()),
                 ("max.poll.interval.ms".into(), "30000".into()),
+                ("fetch.max.bytes".into(), "1048576".into()),
             ],
             env: Vec::new(),
         }
