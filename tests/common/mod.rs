@@ -230,13 +230,14 @@ impl Instance {
             // filled the broker, one 5 MiB fetch (tansu's cap on librdkafka's fetch.max.bytes)
             // held the storage for 9.8 s, the heartbeats queued behind it missed the session, and
             // the group never formed again (tansu kept the expired member as the leader of the
-            // forming group). Fetches of 1 MiB (librdkafka's floor: message.max.bytes) keep each
-            // hold short. Kafka serves fetches and heartbeats concurrently.
+            // forming group). Fetches of at most 2 MiB keep each hold well inside the session;
+            // not less, because tansu (unlike Kafka) never returns a record larger than the fetch,
+            // and e2e_broker sends one of 1.2 MB. Kafka serves fetches and heartbeats concurrently.
             extra_properties: vec![
                 ("session.timeout.ms".into(), SESSION_TIMEOUT.as_millis().to_string()),
                 ("heartbeat.interval.ms".into(), "500".into()),
                 ("max.poll.interval.ms".into(), "30000".into()),
-                ("fetch.max.bytes".into(), "1048576".into()),
+                ("fetch.max.bytes".into(), "2097152".into()),
             ],
             env: Vec::new(),
         }
