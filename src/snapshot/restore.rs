@@ -5,9 +5,10 @@
 
 use super::codec;
 use super::round::{ForeignSnapshot, RestoreCollector, RestorePlan};
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
 use crate::kafka::{non_member_client_config, KafkaContext};
 use crate::metrics::{ErrorKind, RestoreMetrics};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -51,18 +52,22 @@ pub struct ReadOutcome {
     pub elapsed: Duration,
 }
 
+/// The snapshot reader's client. A restore reads a whole snapshot partition at once, so it asks
+/// for more per fetch than librdkafka's defaults; sizes set in `kafka.properties` win.
+fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = non_member_client_config(config);
+    client.set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
+    for (property, value) in [("fetch.max.bytes", "52428800"), ("max.partition.fetch.bytes", "10485760")] {
+        if !config.properties.contains_key(property) {
+            client.set(property, value);
+        }
+    }
+    client
+}
+
 impl SnapshotReader {
     pub fn new(config: &Config, context: KafkaContext) -> Result<SnapshotReader, KafkaError> {
-        let mut client = non_member_client_config(&config.kafka);
-        client.set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
-        // A restore reads a whole snapshot partition at once, so it asks for more per fetch than
-        // librdkafka's defaults; sizes set in `kafka.properties` win.
-        for (property, value) in [("fetch.max.bytes", "52428800"), ("max.partition.fetch.bytes", "10485760")] {
-            if !config.kafka.properties.contains_key(property) {
-                client.set(property, value);
-            }
-        }
-        let consumer = client.create_with_context(context)?;
+        let consumer = reader_client_config(&config.kafka).create_with_context(context)?;
         Ok(SnapshotReader {
             consumer,
             snapshot_topic: config.snapshot.topic.clone(),
@@ -128,5 +133,23 @@ impl SnapshotReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readers_fetch_sizes_give_way_to_kafka_properties() {
+        let mut config = KafkaConfig::default();
+        let client = reader_client_config(&config);
+        assert_eq!(client.get("fetch.max.bytes"), Some("52428800"));
+        assert_eq!(client.get("max.partition.fetch.bytes"), Some("10485760"));
+
+        config.properties.insert("fetch.max.bytes".into(), "2097152".into());
+        let client = reader_client_config(&config);
+        assert_eq!(client.get("fetch.max.bytes"), Some("2097152"));
+        assert_eq!(client.get("max.partition.fetch.bytes"), Some("10485760"));
     }
 }
