@@ -33,6 +33,13 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// Sets `property` to ledgerd's `value` unless `kafka.properties` sets it: there, the user's wins.
+pub fn set_unless_configured(client: &mut ClientConfig, config: &KafkaConfig, property: &str, value: &str) {
+    if !config.properties.contains_key(property) {
+        client.set(property, value);
+    }
+}
+
 /// [`client_config`] for every producer of ledgerd (dead letters, snapshots, announcements):
 /// `acks=all`, so acknowledged means replicated, and not idempotent. librdkafka 2.12 lets an
 /// idempotent producer have 5 *messages* (not requests) in flight per partition, so one batch, and
@@ -57,9 +64,7 @@ const FETCH_WAIT_MAX_MS: &str = "100";
 /// [`client_config`] for a consumer that reads partitions to their end.
 fn end_reading_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = client_config(config);
-    if !config.properties.contains_key("fetch.wait.max.ms") {
-        client.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
-    }
+    set_unless_configured(&mut client, config, "fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
     client
 }
 
@@ -84,9 +89,7 @@ const STATISTICS_INTERVAL_MS: &str = "5000";
 /// go without: their statistics would queue up unread on clients that never poll for them.
 pub fn group_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = end_reading_client_config(config);
-    if !config.properties.contains_key("statistics.interval.ms") {
-        client.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-    }
+    set_unless_configured(&mut client, config, "statistics.interval.ms", STATISTICS_INTERVAL_MS);
     client
 }
 

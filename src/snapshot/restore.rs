@@ -6,7 +6,7 @@
 use super::codec;
 use super::round::{ForeignSnapshot, RestoreCollector, RestorePlan};
 use crate::config::{Config, KafkaConfig};
-use crate::kafka::{non_member_client_config, KafkaContext};
+use crate::kafka::{non_member_client_config, set_unless_configured, KafkaContext};
 use crate::metrics::{ErrorKind, RestoreMetrics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -57,11 +57,8 @@ pub struct ReadOutcome {
 fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = non_member_client_config(config);
     client.set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
-    for (property, value) in [("fetch.max.bytes", "52428800"), ("max.partition.fetch.bytes", "10485760")] {
-        if !config.properties.contains_key(property) {
-            client.set(property, value);
-        }
-    }
+    set_unless_configured(&mut client, config, "fetch.max.bytes", "52428800");
+    set_unless_configured(&mut client, config, "max.partition.fetch.bytes", "10485760");
     client
 }
 
