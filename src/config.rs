@@ -109,7 +109,8 @@ pub struct StateConfig {
     /// balance (two generations of 28 bytes per entry plus the account id and its index slot):
     /// the default holds a million balances with 14-byte account ids.
     pub balance_cache_size: ByteSize,
-    /// Memtable budget shared by all partitions' databases (charged to the block cache). One
+    /// Memtable budget shared by all partitions' databases (charged to the block cache). Past
+    /// seven eighths of it, each partition's next checkpoint flushes its largest memtables. One
     /// memtable holds at most a quarter of it; one partition keeps about half of it in
     /// write-ahead logs (what a restart replays).
     pub write_buffer_size: ByteSize,

@@ -207,7 +207,16 @@ impl Shared {
         let mut backoff = Duration::from_millis(100);
         loop {
             match owned.state.commit_sealed() {
-                Ok(next) => return next,
+                Ok(next) => {
+                    let flushed = next.map(|_| owned.state.store().flush_largest_memtables_over_budget());
+                    if let Some(Err(e)) = flushed {
+                        self.metrics.handled_error(
+                            ErrorKind::MemtableFlush,
+                            &format_args!("partition {}: {e}", owned.state.partition()),
+                        );
+                    }
+                    return next;
+                }
                 Err(e) => {
                     self.metrics.handled_error(
                         ErrorKind::CheckpointWrite,

@@ -71,6 +71,8 @@ impl Engine {
         let started = Instant::now();
         self.state.seal();
         self.state.commit_sealed()?;
+        // As the consumer thread does after each checkpoint (it logs and counts a failure instead).
+        self.state.store().flush_largest_memtables_over_budget()?;
         Ok(started.elapsed())
     }
 

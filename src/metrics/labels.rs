@@ -14,6 +14,9 @@ pub enum ErrorKind {
     DlqDelivery,
     /// Writing a checkpoint to RocksDB failed; retried, the partition does not advance meanwhile.
     CheckpointWrite,
+    /// Asking RocksDB to flush a memtable over the shared memtable budget failed (the checkpoint
+    /// itself was written); asked again at the partition's next checkpoint.
+    MemtableFlush,
     /// Reading state from RocksDB failed; retried.
     StateRead,
     /// Opening a partition's state failed.
@@ -38,12 +41,13 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::KafkaClient,
         ErrorKind::ConsumerPoll,
         ErrorKind::TopicSetup,
         ErrorKind::DlqDelivery,
         ErrorKind::CheckpointWrite,
+        ErrorKind::MemtableFlush,
         ErrorKind::StateRead,
         ErrorKind::StateOpen,
         ErrorKind::StateSetAside,
@@ -63,6 +67,7 @@ impl ErrorKind {
             ErrorKind::TopicSetup => "topic_setup",
             ErrorKind::DlqDelivery => "dlq_delivery",
             ErrorKind::CheckpointWrite => "checkpoint_write",
+            ErrorKind::MemtableFlush => "memtable_flush",
             ErrorKind::StateRead => "state_read",
             ErrorKind::StateOpen => "state_open",
             ErrorKind::StateSetAside => "state_set_aside",

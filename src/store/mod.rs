@@ -33,7 +33,7 @@ use filter::{KeyFilters, Loader};
 use keys::{MetaKey, CF_BALANCES, CF_HISTORY, CF_META, CF_RESTORE_SKIP, CF_TRANSACTIONS, RETIRED_CFS};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, DBCompressionType,
-    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
+    Direction, FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -73,6 +73,25 @@ const WAL_SHARE: usize = 2;
 /// Lookups that get past the key filters check up to this many more files, each behind its own
 /// bloom filter.
 const LEVEL_ZERO_COMPACTION_TRIGGER: i32 = 8;
+
+/// RocksDB's write buffer manager flushes memtables itself once they hold this many times the
+/// shared budget. It flushes the wrong ones for ledgerd: at each write over its limit, the
+/// memtable of the written database that was created first, usually `meta`'s few keys or a
+/// memtable flushed a moment ago. With its limit at the budget, those flushes averaged 1.3 MB
+/// beside the checkpoints' 4.3 MB and doubled the compactions (docs/BENCHMARKS.md). Above the
+/// budget the checkpoints flush ([`PartitionStore::flush_largest_memtables_over_budget`]); RocksDB
+/// still bounds what they cannot, such as states replaying their logs at once after a restart.
+const BACKSTOP_SHARE: usize = 2;
+
+/// A memtable flushed to keep within the shared budget holds at least this share of it (1 MiB of
+/// the default 64 MiB): a smaller one is not worth its own level-0 file and the compactions behind
+/// it ([`PartitionStore::flush_largest_memtables_over_budget`]).
+const MIN_FLUSH_SHARE: usize = 64;
+
+/// A flush to keep within the budget is not asked for while a column family has this many
+/// level-0 files: RocksDB's default slowdown trigger is 20, and a flush that would reach it makes
+/// RocksDB hold the caller.
+const FLUSH_LEVEL_ZERO_LIMIT: u64 = 2 * LEVEL_ZERO_COMPACTION_TRIGGER as u64;
 
 /// Flushes write level 0 uncompressed; every level below it is LZ4. Level-0 files are few (usually
 /// at most [`LEVEL_ZERO_COMPACTION_TRIGGER`] per column family) and soon merged into the level
@@ -128,8 +147,9 @@ impl StoreEnv {
         std::fs::create_dir_all(&config.dir).map_err(|source| StoreError::Io { path: config.dir.clone(), source })?;
         let cache = Cache::new_lru_cache(config.block_cache_size.0 as usize);
         // Memtables are charged to the block cache: total memory stays within block_cache_size.
+        // RocksDB's own flushes over the budget only back ledgerd's up: see [`BACKSTOP_SHARE`].
         let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
-            config.write_buffer_size.0 as usize,
+            config.write_buffer_size.0 as usize * BACKSTOP_SHARE,
             false,
             cache.clone(),
         );
@@ -200,9 +220,10 @@ impl StoreEnv {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_block_based_table_factory(&self.table(true));
-        // Over the shared budget RocksDB flushes one column family of the writing database: the one
-        // with the oldest memtable, usually `meta`'s few keys. `atomic_flush` would take them all
-        // at once, but its many small flushes cost more compaction than that saved
+        // Over the shared budget a checkpoint flushes its state's largest memtable
+        // ([`PartitionStore::flush_largest_memtables_over_budget`]); RocksDB's own flushes only
+        // back that up ([`BACKSTOP_SHARE`]). `atomic_flush` would flush every column family at
+        // once, but its many small flushes cost more compaction than that saved
         // (docs/BENCHMARKS.md).
         options.set_write_buffer_manager(&self.write_buffers);
         // Without it every memtable is sized as RocksDB's default (64 MiB), and so was the
@@ -336,7 +357,8 @@ impl StoreEnv {
     fn store(&self, db: DB, path: PathBuf, identity: &str, horizons: Horizons) -> Result<PartitionStore, StoreError> {
         let cache =
             CachedBalances { owner: AtomicU32::new(self.balances.new_owner()), cache: Arc::clone(&self.balances) };
-        let store = PartitionStore::new(db, path, identity, horizons, self.history_retention_micros, cache)?;
+        let memtables = MemtableBudget { usage: self.write_buffers.clone(), budget: self.write_buffer_size };
+        let store = PartitionStore::new(db, path, identity, horizons, self.history_retention_micros, cache, memtables)?;
         store.horizons.history.store(store.retention_horizon(store.watermark_micros), Ordering::Relaxed);
         Ok(store)
     }
@@ -469,6 +491,14 @@ pub struct PartitionStore {
     prefixes: RecordPrefixes,
     /// Bytes of the last batch written: the next one starts with room for as many.
     last_batch_bytes: AtomicUsize,
+    memtables: MemtableBudget,
+}
+
+/// The memtable budget every partition shares, and what they hold now.
+struct MemtableBudget {
+    usage: WriteBufferManager,
+    /// `state.write_buffer_size`.
+    budget: usize,
 }
 
 /// The [`RecordPrefix`] of each kind of record a checkpoint writes, learned once at opening.
@@ -525,6 +555,7 @@ impl PartitionStore {
         horizons: Horizons,
         history_retention_micros: i64,
         balances: CachedBalances,
+        memtables: MemtableBudget,
     ) -> Result<PartitionStore, StoreError> {
         let meta = db.cf_handle(CF_META).expect("opened with every column family");
         if db.get_cf(meta, MetaKey::FormatVersion.name())?.is_none() {
@@ -560,7 +591,62 @@ impl PartitionStore {
             history_retention_micros,
             prefixes,
             last_batch_bytes: AtomicUsize::new(0),
+            memtables,
         })
+    }
+
+    /// While the memtables of all partitions together hold more than seven eighths of the shared
+    /// budget (`state.write_buffer_size`), asks RocksDB to flush this state's largest memtables, in
+    /// the background, largest first, until what is left would be within it. Called after each
+    /// checkpoint; returns how many flushes it asked for.
+    ///
+    /// RocksDB alone kept the budget only loosely: over it, each write flushed one memtable of the
+    /// database written, the one created first, whatever it held ([`BACKSTOP_SHARE`]). A
+    /// checkpoint is one write, so twelve partitions checkpointing once a second flushed about
+    /// 4 MB each a second; fed by a fast broker, their memtables held 130–260 MiB against the
+    /// 64 MiB budget and pushed the block cache, which they are charged to, past its size
+    /// (docs/BENCHMARKS.md).
+    ///
+    /// A memtable is left alone when flushing it would stall this state's writes (its column
+    /// family already has one waiting to be flushed, or level 0 is near RocksDB's slowdown
+    /// trigger): RocksDB would then hold the caller until it would not, and the caller is the
+    /// consumer thread. It is flushed at a later checkpoint instead.
+    pub fn flush_largest_memtables_over_budget(&self) -> Result<usize, StoreError> {
+        // Seven eighths, as RocksDB's own limit: flushes take a moment, and memtables keep filling.
+        let budget = self.memtables.budget;
+        let limit = (budget - budget / 8) as u64;
+        let mut held = self.memtables.usage.get_usage() as u64;
+        if held <= limit {
+            return Ok(0);
+        }
+        let property = |cf: &rocksdb::ColumnFamily, name: &str| -> Result<u64, StoreError> {
+            Ok(self.db.property_int_value_cf(cf, name)?.unwrap_or(0))
+        };
+        let mut memtables = Vec::with_capacity(3);
+        for name in [CF_HISTORY, CF_TRANSACTIONS, CF_BALANCES] {
+            let cf = self.cf(name);
+            memtables.push((property(cf, "rocksdb.cur-size-active-mem-table")?, cf));
+        }
+        memtables.sort_unstable_by_key(|&(size, _)| std::cmp::Reverse(size));
+        let least = (budget / MIN_FLUSH_SHARE) as u64;
+        let mut flushed = 0;
+        for (size, cf) in memtables {
+            if held <= limit || size < least {
+                break;
+            }
+            let would_stall = property(cf, "rocksdb.num-immutable-mem-table")? > 0
+                || property(cf, "rocksdb.num-files-at-level0")? >= FLUSH_LEVEL_ZERO_LIMIT;
+            if would_stall {
+                continue;
+            }
+            let mut background = FlushOptions::default();
+            background.set_wait(false);
+            self.db.flush_cf_opt(cf, &background)?;
+            tracing::debug!(path = %self.path.display(), bytes = size, "memtable flushed over the shared budget");
+            held = held.saturating_sub(size);
+            flushed += 1;
+        }
+        Ok(flushed)
     }
 
     /// Lets compaction forget transactions with an event time below `micros`. The caller (the
@@ -1628,5 +1714,37 @@ mod tests {
         // The bound (half of the 4 MiB budget) plus the log being written (at most about one
         // memtable, a quarter of the budget).
         assert!(written > 10 << 20 && logs < 3 << 20, "{logs} bytes of logs after writing {written}");
+    }
+
+    #[test]
+    fn a_checkpoint_over_the_shared_memtable_budget_flushes_its_largest_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path()); // a 4 MiB memtable budget: flushes start over 3.5 MiB
+        let limit = (4 << 20) * 7 / 8;
+        let (first, _) = env.open_partition("transactions", 0).unwrap();
+        let (second, _) = env.open_partition("transactions", 1).unwrap();
+        // About 2 MiB of ids in one batch: a memtable takes all of a write, whatever its own size.
+        let fill = |store: &PartitionStore| {
+            let mut cp = store.begin();
+            for i in 0..25_000 {
+                cp.put_transaction("a", &format!("t{i:08}"), &record(10));
+            }
+            cp.commit(1, 10).unwrap();
+        };
+        let level0 = |store: &PartitionStore| {
+            store.db.property_int_value_cf(store.cf(CF_TRANSACTIONS), "rocksdb.num-files-at-level0").unwrap().unwrap()
+        };
+
+        fill(&first);
+        assert!(env.memtable_usage() <= limit, "{} bytes", env.memtable_usage());
+        assert_eq!(first.flush_largest_memtables_over_budget().unwrap(), 0, "within the budget");
+        fill(&second);
+        assert!(env.memtable_usage() > limit, "{} bytes", env.memtable_usage());
+        assert_eq!(second.flush_largest_memtables_over_budget().unwrap(), 1, "one is enough here");
+        second.wait_for_background_work().unwrap();
+        assert_eq!(level0(&second), 1, "the ids went to a level-0 file");
+        assert!(env.memtable_usage() <= limit, "{} bytes after the flush", env.memtable_usage());
+        assert_eq!(first.flush_largest_memtables_over_budget().unwrap(), 0, "within the budget again");
+        assert_eq!(level0(&first), 0);
     }
 }
