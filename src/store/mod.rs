@@ -107,8 +107,9 @@ const COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = {
 /// then writes those memtables out as level-0 files before the open returns: about a quarter of
 /// the open's time, on the path from a restart to processing again (docs/BENCHMARKS.md). Kept in
 /// memtables instead, they flush when full like any other, and the logs stay until they do.
-/// RocksDB still flushes during the replay when the shared memtable budget needs the room (as
-/// when many states open at once), and then at its end too: memory stays within the budget.
+/// RocksDB still flushes during the replay when its own limit on the shared memtables needs the
+/// room (as when many states open at once), and then at its end too: memory stays within that
+/// limit ([`BACKSTOP_SHARE`] times the budget) until the first checkpoints flush to the budget.
 const RECOVERY_OPTIONS: &str = "avoid_flush_during_recovery=true";
 
 /// A checkpoint inserts its keys in key order, but between two of them a memtable usually holds
@@ -220,7 +221,7 @@ impl StoreEnv {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_block_based_table_factory(&self.table(true));
-        // Over the shared budget a checkpoint flushes its state's largest memtable
+        // Over the shared budget a checkpoint flushes its state's largest memtables
         // ([`PartitionStore::flush_largest_memtables_over_budget`]); RocksDB's own flushes only
         // back that up ([`BACKSTOP_SHARE`]). `atomic_flush` would flush every column family at
         // once, but its many small flushes cost more compaction than that saved
