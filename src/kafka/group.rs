@@ -208,12 +208,13 @@ impl Shared {
         loop {
             match owned.state.commit_sealed() {
                 Ok(next) => {
-                    let flushed = next.map(|_| owned.state.store().flush_largest_memtables_over_budget());
-                    if let Some(Err(e)) = flushed {
-                        self.metrics.handled_error(
-                            ErrorKind::MemtableFlush,
-                            &format_args!("partition {}: {e}", owned.state.partition()),
-                        );
+                    if next.is_some() {
+                        if let Err(e) = owned.state.store().flush_largest_memtables_over_budget() {
+                            self.metrics.handled_error(
+                                ErrorKind::MemtableFlush,
+                                &format_args!("partition {}: {e}", owned.state.partition()),
+                            );
+                        }
                     }
                     return next;
                 }
