@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Crash-recovery benchmark, one run against the real broker (tansu):
-#   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a 6-partition topic;
+#   1. produce EVENTS generated events (fixed seed) over ACCOUNTS accounts to a topic of PARTITIONS
+#      partitions (default 6);
 #   2. ledgerd catches up from empty state; once KILL_AT of the records are processed it is killed
 #      with SIGKILL and started again at once on the same state directory and HTTP address (as a
 #      StatefulSet pod restarts; its group below);
 #   3. reported: seconds from the kill until the new process answers HTTP and until it processes
 #      its first record, and how many records it processed a second time, against the bound
 #      the checkpoint settings give (checkpoint.max_records per partition, twice that while dead
-#      letters are pending);
+#      letters are pending), and the peak RSS of each process: the killed one's just before the
+#      kill, the restarted one's once caught up and again after step 4 (a restart replays the
+#      write-ahead logs of every partition at once);
 #   4. every balance is verified against the generator's expectation after the restarted process
 #      has caught up: nothing lost, nothing applied twice.
 # On tansu 0.6 the restarted process joins a new group (RESTART_GROUP=same to rejoin the old one):
@@ -18,7 +21,7 @@
 # directory, never from the group, so the measure is the same either way: open the state, join,
 # process.
 # Usage: scripts/bench-recovery.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
-# Environment: KILL_AT (default 0.5); RESTART_GROUP=same; RESTART_MEMBER=dynamic restarts without
+# Environment: PARTITIONS (default 6); KILL_AT (default 0.5); RESTART_GROUP=same; RESTART_MEMBER=dynamic restarts without
 # group.instance.id (see below); SESSION_TIMEOUT_MS (default 10000, see below);
 # BENCH_DEAD_LETTERS=0 generates no malformed or conflicting records (at 2M records tansu answered
 # the dead-letter producer so slowly that its messages timed out and checkpoints stalled);
@@ -30,12 +33,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 EVENTS="${1:-1000000}"
 ACCOUNTS="${2:-10000}"
 KILL_AT="${KILL_AT:-0.5}"
+PARTITIONS="${PARTITIONS:-6}"
 WORK="$(mktemp -d -t ledgerd-bench-recovery.XXXXXX)"
 PIDS=()
 source scripts/bench-common.sh
 TOPIC="recovery-$(date +%s)-$$"
 
-produce_history 6
+produce_history "$PARTITIONS"
 
 # 10 s, as in the tests. 6 s lost the first process its partitions in 3 of 21 runs: tansu 0.6 holds
 # a static member's JoinGroup and its SyncGroup for up to 3 s each, so its first heartbeat can come
@@ -83,26 +87,34 @@ echo "ledgerd: catching up, killed with SIGKILL at $KILL_AT of $TOTAL records, r
 "$BIN/ledgerd-bench" recovery --ledgerd "$BIN/ledgerd" --config "$WORK/ledgerd.toml" \
     --restart-config "$RESTART_CONFIG" --url "$URL" \
     --total "$TOTAL" --kill-at "$KILL_AT" --log "$WORK/ledgerd" >"$WORK/recovery.json"
-PIDS+=("$(json "$WORK/recovery.json" pid)")
+RESTARTED_PID="$(json "$WORK/recovery.json" pid)"
+PIDS+=("$RESTARTED_PID")
 "$BIN/ledgerd-bench" verify --url "$URL" --expected "$WORK/expected.json" >"$WORK/verify.json"
+# The balance check reads every account over HTTP, through the block cache.
+PEAK_RSS_WITH_CHECK_KB="$(awk '/VmHWM/ {print $2}' "/proc/$RESTARTED_PID/status")"
 MAX_RECORDS="$(awk -F' *= *' '/^max_records/ {print $2}' config/ledgerd.toml)"
 
-python3 - "$WORK" "$PROFILE" "$MAX_RECORDS" "${RESTART_GROUP:-new} group, ${RESTART_MEMBER:-static} member" <<'PY'
+python3 - "$WORK" "$PROFILE" "$MAX_RECORDS" "${RESTART_GROUP:-new} group, ${RESTART_MEMBER:-static} member" \
+    "$PARTITIONS" "$PEAK_RSS_WITH_CHECK_KB" <<'PY'
 import json, sys
 work, profile, max_records, restart = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+partitions, rss_with_check_kb = int(sys.argv[5]), int(sys.argv[6])
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 produce, r, verify = load("produce"), load("recovery"), load("verify")
 print()
 print(f"build profile: {profile}")
 print(f"restarted into: {restart}")
-print(f"records: {produce['produced']} over {produce['accounts']} accounts, 6 partitions")
+print(f"records: {produce['produced']} over {produce['accounts']} accounts, {partitions} partitions")
 print("| measure | value |")
 print("|---|---|")
 print(f"| killed (SIGKILL) after | {r['processed_before_kill']:,} records processed, {r['checkpointed_before_kill']:,} checkpointed (last scrape) |")
 print(f"| kill → restarted process answers HTTP | {r['seconds_to_http']:.2f} s |")
 print(f"| kill → restarted process processes again | {r['seconds_to_processing']:.2f} s |")
 print(f"| restarted from (checkpoint, all partitions) | {r['resumed_from']:,} |")
-print(f"| records processed twice | {r['reread_records']:,} (bound: 6 partitions × max_records {max_records:,} = {6 * max_records:,}, "
-      f"twice that while dead letters are pending) |")
+print(f"| records processed twice | {r['reread_records']:,} (bound: {partitions} partitions × max_records {max_records:,} = "
+      f"{partitions * max_records:,}, twice that while dead letters are pending) |")
+print(f"| peak RSS: killed process, just before the kill | {r['peak_rss_kib_before_kill'] / 1024:.0f} MiB |")
+print(f"| peak RSS: restarted process, caught up | {r['peak_rss_kib_restarted'] / 1024:.0f} MiB "
+      f"({rss_with_check_kb / 1024:.0f} MiB including the balance check) |")
 print(f"| balances verified after catch-up | {produce['accounts'] - verify['wrong']:,} / {produce['accounts']:,} exact |")
 PY

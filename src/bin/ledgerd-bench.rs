@@ -581,9 +581,18 @@ impl Run {
     }
 }
 
+/// The peak resident set (`VmHWM`) of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+    let kib = line.and_then(|l| l.trim().strip_suffix("kB")).and_then(|n| n.trim().parse().ok());
+    kib.ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+}
+
 /// Kills ledgerd (SIGKILL) once `kill_at` of the records are processed, starts it again at once on
 /// the same state (with the restart config), and reports the time from the kill until the new process answers
-/// HTTP and until it processes its first record, and how many records it processed again.
+/// HTTP and until it processes its first record, how many records it processed again, and the peak
+/// RSS of each process (the killed one's just before the kill, the restarted one's once caught up).
 ///
 /// The re-read count is exact on the restarted side: every record from its checkpoint to the end
 /// is processed once by it, so its checkpoint is `total` minus what it processed. The killed
@@ -604,6 +613,7 @@ fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration) -> anyhow::R
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let peak_rss_kib_before_kill = peak_rss_kib(first.id())?;
     first.kill()?; // SIGKILL
     let killed = Instant::now();
     first.wait()?;
@@ -626,6 +636,8 @@ fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration) -> anyhow::R
     };
     let resumed_from = total - processed_after;
     let result = serde_json::json!({
+        "peak_rss_kib_before_kill": peak_rss_kib_before_kill,
+        "peak_rss_kib_restarted": peak_rss_kib(second.id())?,
         "records": total,
         "processed_before_kill": processed_before_kill,
         "checkpointed_before_kill": checkpointed_before_kill,
