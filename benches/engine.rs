@@ -5,7 +5,7 @@
 //! and verifies every balance (docs/BENCHMARKS.md, "Engine ceiling").
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use ledgerd::config::StateConfig;
+use ledgerd::config::{CheckpointConfig, StateConfig};
 use ledgerd::input::{self, InputFormat};
 use ledgerd::loadgen::engine::{Engine, DEDUPE_WINDOW};
 use ledgerd::loadgen::{self, Shape};
@@ -19,8 +19,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EVENTS: usize = 200_000;
 const ACCOUNTS: usize = 10_000;
-/// The default `checkpoint.max_records`.
-const CHECKPOINT_EVERY: u64 = 50_000;
 
 fn engine(c: &mut Criterion) {
     let shape = Shape {
@@ -48,6 +46,8 @@ fn engine(c: &mut Criterion) {
             }
         })
     });
+    // Checkpoints as large as ledgerd's default lets them grow.
+    let checkpoint_every = CheckpointConfig::default().max_records;
     let mut pass = 0u64;
     group.bench_function("decode_apply_checkpoint", |b| {
         // Times the run alone: opening new state, checking the balances and removing the state
@@ -60,7 +60,7 @@ fn engine(c: &mut Criterion) {
                 let mut engine = Engine::open(&StateConfig { dir: dir.clone(), ..StateConfig::default() }, &metrics)
                     .expect("new state opens");
                 let started = Instant::now();
-                engine.run(&work.records, CHECKPOINT_EVERY).expect("the pass runs");
+                engine.run(&work.records, checkpoint_every).expect("the pass runs");
                 timed += started.elapsed();
                 // A fast wrong answer is a failure.
                 assert_eq!(engine.wrong_balances(&work.expected).expect("balances read"), 0);

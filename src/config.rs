@@ -148,12 +148,19 @@ pub struct CheckpointConfig {
     pub interval: Duration,
     /// ...or as soon as this many records were consumed since its last checkpoint. While a
     /// checkpoint waits for its dead letters, at most this many more are processed.
+    ///
+    /// It also bounds the memory of the checkpoints in flight, which no cache budget counts:
+    /// a few hundred bytes per record, up to twice this many records per partition. At 50,000,
+    /// a restart behind a fast broker with a million accounts over 12 partitions peaked at up to
+    /// 519 MiB, over the 512 MiB the default budgets are sized for; at 20,000, 421–435 MiB
+    /// (docs/BENCHMARKS.md, thirty-seventh session). A broker that delivers fewer records per
+    /// partition per `interval` than this never reaches it.
     pub max_records: u64,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { interval: Duration::from_secs(1), max_records: 50_000 }
+        CheckpointConfig { interval: Duration::from_secs(1), max_records: 20_000 }
     }
 }
 

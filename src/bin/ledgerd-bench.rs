@@ -15,7 +15,7 @@
 //! Each prints one JSON line of results on stdout.
 
 use clap::{Parser, Subcommand};
-use ledgerd::config::{ByteSize, StateConfig};
+use ledgerd::config::{ByteSize, CheckpointConfig, StateConfig};
 use ledgerd::loadgen::{self, Shape};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -109,7 +109,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         accounts: usize,
         /// Records per checkpoint (the default checkpoint.max_records).
-        #[arg(long, default_value_t = 50_000)]
+        #[arg(long, default_value_t = CheckpointConfig::default().max_records)]
         checkpoint_every: u64,
         /// Timed passes, each from empty state; the best and the median are reported.
         #[arg(long, default_value_t = 5)]
