@@ -21,8 +21,9 @@
 # directory, never from the group, so the measure is the same either way: open the state, join,
 # process.
 # Usage: scripts/bench-recovery.sh [EVENTS] [ACCOUNTS]   (uses $LEDGERD_TEST_BROKERS, or starts a broker)
-# Environment: PARTITIONS (default 6); KILL_AT (default 0.5); RESTART_GROUP=same; RESTART_MEMBER=dynamic restarts without
-# group.instance.id (see below); SESSION_TIMEOUT_MS (default 10000, see below);
+# Environment: PARTITIONS (default 6); KILL_AT (default 0.5); RESTART_GROUP=same;
+# RESTART_MEMBER=dynamic restarts without group.instance.id (see below); SESSION_TIMEOUT_MS
+# (default 10000, see below);
 # BENCH_DEAD_LETTERS=0 generates no malformed or conflicting records (at 2M records tansu answered
 # the dead-letter producer so slowly that its messages timed out and checkpoints stalled);
 # BENCH_KAFKA_PROPERTIES: more lines for both processes' [kafka.properties] table, to try a
