@@ -110,8 +110,8 @@ pub struct StateConfig {
     /// the default holds a million balances with 14-byte account ids.
     pub balance_cache_size: ByteSize,
     /// Memtable budget shared by all partitions' databases (charged to the block cache). Past
-    /// seven eighths of it, each partition's next checkpoint flushes its largest memtables. One
-    /// memtable holds at most a quarter of it; one partition keeps about half of it in
+    /// seven eighths of it, the next checkpoint flushes the largest memtables of all partitions.
+    /// One memtable holds at most a quarter of it; one partition keeps about half of it in
     /// write-ahead logs (what a restart replays).
     pub write_buffer_size: ByteSize,
     /// State of a partition that moved to another instance is deleted this long after it left (it
