@@ -52,6 +52,10 @@ pub enum StoreError {
     Codec(#[from] CodecError),
     #[error("io on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// Keeping the shared memtable budget touches every partition's database, not only the
+    /// caller's: this names the one that failed.
+    #[error("memtable budget, state {path}: {source}")]
+    MemtableBudget { path: PathBuf, source: rocksdb::Error },
 }
 
 /// One memtable may hold at most this share of `state.write_buffer_size`; the shared budget
@@ -653,8 +657,9 @@ impl PartitionStore {
             Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
         };
         let states: Vec<Arc<DB>> = open.iter().filter_map(Weak::upgrade).collect();
+        let failed = |db: &DB, source| StoreError::MemtableBudget { path: db.path().to_owned(), source };
         let property = |db: &DB, cf: &rocksdb::ColumnFamily, name: &str| -> Result<u64, StoreError> {
-            Ok(db.property_int_value_cf(cf, name)?.unwrap_or(0))
+            Ok(db.property_int_value_cf(cf, name).map_err(|e| failed(db, e))?.unwrap_or(0))
         };
         let mut taking_writes = 0;
         let mut memtables = Vec::with_capacity(3 * states.len());
@@ -680,7 +685,7 @@ impl PartitionStore {
             }
             let mut background = FlushOptions::default();
             background.set_wait(false);
-            db.flush_cf_opt(cf, &background)?;
+            db.flush_cf_opt(cf, &background).map_err(|e| failed(db, e))?;
             tracing::debug!(path = %db.path().display(), bytes = size, "memtable flushed over the shared budget");
             taking_writes = taking_writes.saturating_sub(size);
             flushed += 1;
