@@ -436,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn a_successor_is_empty_with_room_for_as_many_entries() {
+    fn a_successor_is_empty_with_room_for_the_largest_batch_so_far() {
         let mut overlay = Overlay::default();
         for i in 0..1000 {
             overlay.put_transaction(&format!("a{}", i % 300), &format!("t{i}"), record("1", 10));
