@@ -93,20 +93,20 @@ pub(super) struct Overlay {
 }
 
 impl Overlay {
-    /// An empty overlay for the batch after this one, its two index tables sized for as many
-    /// accounts and transactions as this one holds, or as the largest batch before it did. Grown
-    /// from empty, they rehashed every entry at each doubling, reading each entry's id again from
-    /// cold memory; sized up front, applying a record took about a sixth less time in the engine
-    /// (docs/BENCHMARKS.md, twenty-fourth session). Sized by this batch alone, a full batch after
-    /// one the checkpoint interval sealed early still rehashed (1.4% of the consumer thread at a
-    /// million accounts, thirty-ninth session), so the tables keep the largest size they reached.
-    /// They are small (5 bytes a slot, about `checkpoint.max_records` entries at most). The
-    /// vectors and arenas still grow from empty: keeping or pre-sizing those raised peak RSS
-    /// (twenty-second session).
+    /// An empty overlay for the batch after this one, its two index tables as large as this
+    /// one's. Those hold every account and transaction of this batch and were sized the same way,
+    /// so the tables keep the size of the largest batch so far. Grown from empty, they rehashed
+    /// every entry at each doubling, reading each entry's id again from cold memory; sized up
+    /// front, applying a record took about a sixth less time in the engine (docs/BENCHMARKS.md,
+    /// twenty-fourth session). Sized by the last batch alone, a full batch after one the
+    /// checkpoint interval sealed early still rehashed (1.4% of the consumer thread at a million
+    /// accounts, thirty-ninth session). They are small (5 bytes a slot, about
+    /// `checkpoint.max_records` entries at most). The vectors and arenas still grow from empty:
+    /// keeping or pre-sizing those raised peak RSS (twenty-second session).
     pub(super) fn successor(&self) -> Overlay {
         Overlay {
-            account_index: HashTable::with_capacity(self.accounts.len().max(self.account_index.capacity())),
-            transaction_index: HashTable::with_capacity(self.transactions.len().max(self.transaction_index.capacity())),
+            account_index: HashTable::with_capacity(self.account_index.capacity()),
+            transaction_index: HashTable::with_capacity(self.transaction_index.capacity()),
             ..Overlay::default()
         }
     }
