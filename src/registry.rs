@@ -24,13 +24,22 @@ pub struct PartitionHandle {
     /// once its state has been checkpointed that far, so a read never goes back in time across a
     /// handover (a restore from a snapshot starts behind the previous owner, then replays).
     serve_from: i64,
+    /// The newest offset the group acknowledged as committed for this partition while it is owned
+    /// here (the committed offset found at assignment, to begin with). The API answers from a
+    /// checkpoint only once the group has it: a checkpoint that this instance served and never
+    /// committed (a crash, or being dropped from the group, in between) would be missing from the
+    /// committed offset the next owner waits for, and the next owner would serve older state.
+    group_committed: tokio::sync::watch::Sender<i64>,
 }
 
 impl PartitionHandle {
-    /// A handle served at once (tests; the consumer passes the committed offset it found).
+    /// A handle served at once, every checkpoint as if committed (tests; the consumer passes the
+    /// committed offset it found).
     #[cfg(test)]
     pub fn new(partition: i32, store: Arc<PartitionStore>) -> PartitionHandle {
-        PartitionHandle::serving_from(partition, store, None)
+        let handle = PartitionHandle::serving_from(partition, store, None);
+        handle.acknowledge_commit(i64::MAX);
+        handle
     }
 
     /// A handle served once its state is checkpointed up to `committed`, the group's committed
@@ -43,7 +52,32 @@ impl PartitionHandle {
             round: Mutex::new(()),
             reached_end_at: AtomicI64::new(i64::MIN),
             serve_from: committed.unwrap_or(i64::MIN),
+            group_committed: tokio::sync::watch::Sender::new(committed.unwrap_or(i64::MIN)),
         }
+    }
+
+    /// Records that the group acknowledged `next_offset` as this partition's committed offset.
+    pub fn acknowledge_commit(&self, next_offset: i64) {
+        self.group_committed.send_if_modified(|committed| {
+            let newer = next_offset > *committed;
+            *committed = (*committed).max(next_offset);
+            newer
+        });
+    }
+
+    /// The newest committed offset the group acknowledged (see `group_committed`).
+    pub fn group_committed(&self) -> i64 {
+        *self.group_committed.borrow()
+    }
+
+    /// Waits, at most `max_wait`, until the group has acknowledged a committed offset of at least
+    /// `next_offset`: until state checkpointed up to it may be served. Returns whether it did.
+    pub async fn wait_committed(&self, next_offset: i64, max_wait: Duration) -> bool {
+        let mut committed = self.group_committed.subscribe();
+        // The sender lives as long as this handle, which the caller holds: `wait_for` ends by
+        // reaching the offset or by the timeout.
+        let reached = tokio::time::timeout(max_wait, committed.wait_for(|&committed| committed >= next_offset)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Whether the state has caught up with what the partition's previous owner had checkpointed.
@@ -116,10 +150,15 @@ impl PartitionRegistry {
         self.owned.write().unwrap_or_else(|e| e.into_inner()).remove(&partition)
     }
 
-    /// The store of `partition` if it is owned here and served (see [`PartitionHandle::is_serving`]).
-    pub fn store(&self, partition: i32) -> Option<Arc<PartitionStore>> {
+    /// `partition`'s handle if it is owned here and served (see [`PartitionHandle::is_serving`]).
+    pub fn serving(&self, partition: i32) -> Option<Arc<PartitionHandle>> {
         let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
-        owned.get(&partition).filter(|h| h.is_serving()).map(|h| Arc::clone(&h.store))
+        owned.get(&partition).filter(|h| h.is_serving()).cloned()
+    }
+
+    /// `partition`'s handle if it is owned here, served or not.
+    pub fn owned(&self, partition: i32) -> Option<Arc<PartitionHandle>> {
+        self.owned.read().unwrap_or_else(|e| e.into_inner()).get(&partition).cloned()
     }
 
     /// Whether `partition` is assigned here but still restoring, or not yet caught up with its
@@ -176,5 +215,30 @@ impl PartitionRegistry {
             && self.joined.load(Ordering::Acquire)
             && !self.stopping.load(Ordering::Acquire)
             && self.preparing.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_for_a_commit_ends_when_the_group_acknowledges_it_or_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let (store, _) = env.open_partition("input", 0).unwrap();
+        let handle = Arc::new(PartitionHandle::serving_from(0, Arc::new(store), Some(10)));
+        assert!(handle.wait_committed(10, Duration::ZERO).await, "found committed at assignment");
+        assert!(!handle.wait_committed(11, Duration::from_millis(20)).await);
+
+        let waiting = tokio::spawn({
+            let handle = Arc::clone(&handle);
+            async move { handle.wait_committed(15, Duration::from_secs(30)).await }
+        });
+        handle.acknowledge_commit(12);
+        handle.acknowledge_commit(15);
+        assert!(waiting.await.unwrap());
+        handle.acknowledge_commit(11);
+        assert_eq!(handle.group_committed(), 15, "an older answer never moves it back");
     }
 }

@@ -19,10 +19,9 @@ pub use guard::Guard;
 use crate::ledger::history::balances_as_of;
 use crate::ledger::{Amount, Currency, HistoryEntry};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::registry::PartitionRegistry;
+use crate::registry::{PartitionHandle, PartitionRegistry};
 use crate::routing::directory::Owner;
 use crate::routing::{Directory, Partitioner};
-use crate::store::PartitionStore;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -34,7 +33,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -89,10 +88,28 @@ fn moving(partition: Option<i32>) -> Response {
         Some(p) => format!("partition {p} is moving between instances or still catching up; retry shortly"),
         None => "this instance does not know the input's partitions yet; retry shortly".to_owned(),
     };
+    retry_shortly(message, partition)
+}
+
+/// 503 with `Retry-After: 1`: an answer is coming, not from this state yet.
+fn retry_shortly(message: String, partition: Option<i32>) -> Response {
     let mut response =
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": message, "partition": partition }))).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     response
+}
+
+/// How long a read waits for the group to acknowledge the checkpoint it read, before it answers
+/// 503 ([`PartitionHandle::wait_committed`]). Checkpoints are committed as they are written, so
+/// a read usually waits for one commit's round trip at most, and only right after a checkpoint.
+const COMMIT_WAIT: Duration = Duration::from_secs(1);
+
+/// The answer while the checkpoint a read found is not yet acknowledged as committed by the group
+/// (the broker is slow to answer commits, or this instance is no longer a member).
+fn uncommitted(partition: i32) -> Response {
+    let message =
+        format!("partition {partition}: its newest state is not yet committed to the consumer group; retry shortly");
+    retry_shortly(message, Some(partition))
 }
 
 /// Logs and counts a storage failure; the client learns only that it was internal.
@@ -103,7 +120,7 @@ fn internal(state: &ApiState, partition: i32, e: &dyn std::fmt::Display) -> Resp
 
 /// Where a partition's answers come from.
 enum Place {
-    Local(Arc<PartitionStore>),
+    Local(Arc<PartitionHandle>),
     Remote(Owner),
     Moving,
 }
@@ -117,8 +134,8 @@ impl ApiState {
     /// Local if this instance serves `partition`; else its owner, unless the request was already
     /// forwarded once (then the directory that sent it here is stale: the partition is moving).
     fn locate(&self, partition: i32, headers: &HeaderMap) -> Place {
-        if let Some(store) = self.registry.store(partition) {
-            return Place::Local(store);
+        if let Some(handle) = self.registry.serving(partition) {
+            return Place::Local(handle);
         }
         if headers.contains_key(FORWARDED) || self.registry.is_preparing(partition) {
             return Place::Moving;
@@ -129,14 +146,14 @@ impl ApiState {
         }
     }
 
-    /// The account's partition and its local store, or the answer to send instead: the owner's
+    /// The account's partition and its local handle, or the answer to send instead: the owner's
     /// (forwarded), or 503 while the partition is moving. Takes the request itself: its URI and
     /// headers are moved, not cloned, and only a forward uses them.
-    async fn serving_store(&self, account_id: &str, request: Request) -> Result<(i32, Arc<PartitionStore>), Response> {
+    async fn serving_store(&self, account_id: &str, request: Request) -> Result<(i32, Arc<PartitionHandle>), Response> {
         let Some(partition) = self.partition_of(account_id) else { return Err(moving(None)) };
         let (axum::http::request::Parts { uri, headers, .. }, _) = request.into_parts();
         match self.locate(partition, &headers) {
-            Place::Local(store) => Ok((partition, store)),
+            Place::Local(handle) => Ok((partition, handle)),
             Place::Remote(owner) => Err(self.forward(partition, &owner, &RequestParts { uri, headers }).await),
             Place::Moving => Err(moving(Some(partition))),
         }
@@ -210,11 +227,11 @@ async fn account(
         Ok(as_of) => as_of,
         Err(refusal) => return refusal,
     };
-    let (partition, store) = match state.serving_store(&account_id, request).await {
+    let (partition, handle) = match state.serving_store(&account_id, request).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let read = match store.read_account(&account_id, as_of) {
+    let read = match handle.store.read_account(&account_id, as_of) {
         Ok(Some(read)) => read,
         Ok(None) => {
             return (StatusCode::NOT_FOUND, Json(json!({ "error": "account not found", "account_id": account_id })))
@@ -222,6 +239,9 @@ async fn account(
         }
         Err(e) => return internal(&state, partition, &e),
     };
+    if !handle.wait_committed(read.next_offset, COMMIT_WAIT).await {
+        return uncommitted(partition);
+    }
     let mut body = json!({
         "account_id": account_id,
         "partition": partition,
@@ -259,14 +279,17 @@ async fn transactions(
     if limit == 0 || limit > MAX_PAGE {
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000 (default 100)");
     }
-    let (partition, store) = match state.serving_store(&account_id, request).await {
+    let (partition, handle) = match state.serving_store(&account_id, request).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let page = match store.history_page(&account_id, query.before, limit) {
+    let page = match handle.store.history_page(&account_id, query.before, limit) {
         Ok(page) => page,
         Err(e) => return internal(&state, partition, &e),
     };
+    if !handle.wait_committed(page.next_offset, COMMIT_WAIT).await {
+        return uncommitted(partition);
+    }
     let entries: Vec<serde_json::Value> = page.entries.iter().map(entry_json).collect();
     let mut body = json!({
         "account_id": account_id,
@@ -506,40 +529,45 @@ mod tests {
         assert!(moving > 10, "{moving}");
     }
 
-    #[tokio::test]
-    async fn a_partition_taken_over_behind_its_previous_owner_answers_503_until_it_catches_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = crate::store::test_env(dir.path());
-        let (store, _) = env.open_partition("transactions", 0).unwrap();
-        let store = Arc::new(store);
-        let usd = Currency::parse("USD").unwrap();
-        // As after a restore from a snapshot through offset 10, where the previous owner had
-        // checkpointed (and served) through offset 40.
+    /// Checkpoints `amount` USD as `account`'s balance, with `next_offset` as the next offset.
+    fn checkpoint_balance(store: &crate::store::PartitionStore, account: &str, amount: &str, next_offset: i64) {
         let mut batch = store.begin();
-        batch.put_balance("acct-1", usd, Amount::parse("12.50").unwrap(), 10);
-        batch.commit(10, 0).unwrap();
+        batch.put_balance(account, Currency::parse("USD").unwrap(), Amount::parse(amount).unwrap(), next_offset);
+        batch.commit(next_offset, 0).unwrap();
+    }
+
+    /// The API of one instance that owns partition 0 through `handle`.
+    fn serving(handle: &Arc<PartitionHandle>) -> (Arc<PartitionRegistry>, Router) {
         let registry = Arc::new(PartitionRegistry::default());
-        registry.insert(Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(40))));
+        registry.insert(Arc::clone(handle));
         let app = router(ApiState {
             registry: Arc::clone(&registry),
             metrics: Metrics::new(),
             guard: Arc::new(Guard::new(None, 16 << 10, 0)),
             routing: Arc::new(one_partition()),
         });
+        (registry, app)
+    }
+
+    #[tokio::test]
+    async fn a_partition_taken_over_behind_its_previous_owner_answers_503_until_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let store = Arc::new(env.open_partition("transactions", 0).unwrap().0);
+        // As after a restore from a snapshot through offset 10, where the previous owner had
+        // checkpointed (and served) through offset 40.
+        checkpoint_balance(&store, "acct-1", "12.50", 10);
+        let (registry, app) = serving(&Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(40))));
 
         let (status, headers) = get(&app, "/v1/accounts/acct-1", &[]).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "12.50 is older than what was served before");
         assert_eq!(headers[header::RETRY_AFTER], "1");
         assert!(registry.serving_partitions().is_empty(), "not announced while behind");
 
-        let mut batch = store.begin();
-        batch.put_balance("acct-1", usd, Amount::parse("20.00").unwrap(), 39);
-        batch.commit(39, 0).unwrap();
+        checkpoint_balance(&store, "acct-1", "20.00", 39);
         assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
 
-        let mut batch = store.begin();
-        batch.put_balance("acct-1", usd, Amount::parse("31.25").unwrap(), 40);
-        batch.commit(40, 0).unwrap();
+        checkpoint_balance(&store, "acct-1", "31.25", 40);
         assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::OK);
         assert_eq!(registry.serving_partitions(), vec![0]);
 
@@ -550,9 +578,36 @@ mod tests {
         assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
         handle.mark_reached_end(41);
         assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
-        let mut batch = store.begin();
-        batch.put_balance("acct-1", usd, Amount::parse("31.50").unwrap(), 41);
-        batch.commit(41, 0).unwrap();
+        checkpoint_balance(&store, "acct-1", "31.50", 41);
         assert_eq!(get(&app, "/v1/accounts/acct-1", &[]).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_the_group_has_not_acknowledged_answers_503_until_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let store = Arc::new(env.open_partition("transactions", 0).unwrap().0);
+        checkpoint_balance(&store, "acct-1", "12.50", 10);
+        let handle = Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(10)));
+        let (_, app) = serving(&handle);
+        let paths =
+            ["/v1/accounts/acct-1", "/v1/accounts/acct-1/transactions", "/v1/partitions/0/balances", "/v1/balances"];
+        for path in paths {
+            assert_eq!(get(&app, path, &[]).await.0, StatusCode::OK, "{path}: checkpoint 10 is the group's");
+        }
+
+        // A checkpoint not committed yet: were this instance to crash now, the next owner would
+        // wait only for offset 10, and would answer 12.50 after 20.00 had been served.
+        checkpoint_balance(&store, "acct-1", "20.00", 20);
+        for path in paths {
+            let (status, headers) = get(&app, path, &[]).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert_eq!(headers[header::RETRY_AFTER], "1", "{path}");
+        }
+
+        handle.acknowledge_commit(20);
+        for path in paths {
+            assert_eq!(get(&app, path, &[]).await.0, StatusCode::OK, "{path}");
+        }
     }
 }

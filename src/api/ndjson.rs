@@ -1,9 +1,12 @@
 //! Many accounts at once, as NDJSON: one partition's accounts from local state, and every
 //! account gathered from every instance (the partitions served elsewhere through their owners).
 
-use super::{balances_json, before_history, error, moving, parse_as_of, ApiState, AsOfQuery, Place, RequestParts};
+use super::{
+    balances_json, before_history, error, moving, parse_as_of, uncommitted, ApiState, AsOfQuery, Place, RequestParts,
+    COMMIT_WAIT,
+};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::store::PartitionStore;
+use crate::registry::PartitionHandle;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -27,14 +30,18 @@ pub(super) async fn partition_balances(
         Ok(as_of) => as_of,
         Err(refusal) => return refusal,
     };
-    let Some(store) = state.registry.store(partition) else { return moving(Some(partition)) };
+    let Some(handle) = state.registry.serving(partition) else { return moving(Some(partition)) };
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(4);
     let (start_tx, start_rx) = tokio::sync::oneshot::channel();
     let metrics = state.metrics.clone();
-    tokio::task::spawn_blocking(move || stream_partition(&store, partition, as_of, start_tx, lines_tx, &metrics));
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        stream_partition(&handle, &runtime, partition, as_of, start_tx, lines_tx, &metrics)
+    });
     match start_rx.await {
-        Ok(Ok(())) => ([(header::CONTENT_TYPE, NDJSON)], body_of(lines_rx)).into_response(),
-        Ok(Err(floor)) => before_history(floor),
+        Ok(Start::Lines) => ([(header::CONTENT_TYPE, NDJSON)], body_of(lines_rx)).into_response(),
+        Ok(Start::BeforeHistory(floor)) => before_history(floor),
+        Ok(Start::Uncommitted) => uncommitted(partition),
         // The scan failed before its first line; it logged and counted why.
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
@@ -49,13 +56,24 @@ fn body_of(rx: tokio::sync::mpsc::Receiver<Chunk>) -> Body {
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
-/// Scans one partition into `lines`. `start` learns first whether `as_of` is within the history
-/// (else the floor it is before); a failure after that aborts the stream.
+/// How a partition's scan begins.
+enum Start {
+    /// Lines follow.
+    Lines,
+    /// `as_of` is before the partition's history floor, this one.
+    BeforeHistory(i64),
+    /// The group has not acknowledged the scanned checkpoint as committed within [`COMMIT_WAIT`].
+    Uncommitted,
+}
+
+/// Scans one partition into `lines`. `start` learns first whether lines follow, or why not; a
+/// failure after that aborts the stream.
 fn stream_partition(
-    store: &PartitionStore,
+    handle: &PartitionHandle,
+    runtime: &tokio::runtime::Handle,
     partition: i32,
     as_of: Option<i64>,
-    start: tokio::sync::oneshot::Sender<Result<(), i64>>,
+    start: tokio::sync::oneshot::Sender<Start>,
     lines: tokio::sync::mpsc::Sender<Chunk>,
     metrics: &Metrics,
 ) {
@@ -63,16 +81,23 @@ fn stream_partition(
     let offset = std::cell::Cell::new(0);
     let mut out = Vec::new();
     let send = |out: &mut Vec<u8>| lines.blocking_send(Ok(std::mem::take(out).into())).is_ok();
-    let scan = store.scan_balances_as_of(
+    let scan = handle.store.scan_balances_as_of(
         as_of,
         |next_offset, floor| {
             offset.set(next_offset);
-            let refused = as_of.is_some_and(|time| time < floor);
-            let _ = start.take().map(|start| start.send(if refused { Err(floor) } else { Ok(()) }));
-            if refused {
-                ControlFlow::Break(())
+            let begins = if as_of.is_some_and(|time| time < floor) {
+                Start::BeforeHistory(floor)
+            } else if !runtime.block_on(handle.wait_committed(next_offset, COMMIT_WAIT)) {
+                Start::Uncommitted
             } else {
+                Start::Lines
+            };
+            let lines_follow = matches!(begins, Start::Lines);
+            let _ = start.take().map(|start| start.send(begins));
+            if lines_follow {
                 ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
             }
         },
         |account, balances| {

@@ -248,7 +248,7 @@ fn checkpoint_due(
         if seal || entry.state.has_sealed() {
             written = shared.checkpoint(entry, seal, LetterWait::Poll).or(written);
         }
-        if let Some(next) = written {
+        if let Some(next) = entry.commit_due(written, now) {
             committed.push((*partition, next));
         }
     }

@@ -25,9 +25,9 @@ use crate::store::StoreEnv;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -50,6 +50,8 @@ pub(super) struct Owned {
     /// Dead letters of the sealed batch, not yet acknowledged: it is written once this is empty.
     sealed_letters: Vec<PendingLetter>,
     handle: Arc<PartitionHandle>,
+    /// When this partition's checkpointed offset was last sent to the group as its commit.
+    commit_sent: Option<Instant>,
 }
 
 impl Owned {
@@ -59,7 +61,53 @@ impl Owned {
         self.state.reached_end();
         self.handle.mark_reached_end(self.state.next_offset());
     }
+
+    /// The offset to commit to the group now, if any: `written` (a checkpoint just written), or
+    /// else the checkpointed offset while the group has not acknowledged it and the last commit
+    /// went out at least [`RECOMMIT_AFTER`] ago (a failed commit, or local state found ahead of
+    /// the group's committed offset at assignment). The API serves a checkpoint only once the
+    /// group has it, so an idle partition must not stay behind. Never an offset at or below the
+    /// acknowledged one: a state replaying towards it must not move the group's offset back.
+    pub fn commit_due(&mut self, written: Option<i64>, now: Instant) -> Option<i64> {
+        let acknowledged = self.handle.group_committed();
+        let resend = || {
+            let checkpointed = self.state.checkpointed_offset();
+            let quiet = self.commit_sent.is_none_or(|sent| now.duration_since(sent) >= RECOMMIT_AFTER);
+            (checkpointed > acknowledged && quiet).then_some(checkpointed)
+        };
+        let due = written.filter(|&next| next > acknowledged).or_else(resend)?;
+        self.commit_sent = Some(now);
+        Some(due)
+    }
 }
+
+/// Sends an asynchronous commit whose answer comes back through `commit_callback`. The rdkafka
+/// crate's own asynchronous commit passes librdkafka no queue for the answer, so none ever comes
+/// (fede1024/rust-rdkafka#856, open); with the consumer's queue as the reply queue the answer is an
+/// offset-commit event, which the consumer's `poll` hands to the context.
+fn commit_async_reported(consumer: &BaseConsumer<GroupContext>, list: &TopicPartitionList) -> KafkaResult<()> {
+    use rdkafka::bindings as rd;
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` and `list` are live for the whole call (borrowed from the consumer and the
+    // caller); librdkafka copies the list before returning. The queue handle is a new reference
+    // to the consumer's queue, released here; the commit holds its own reference until answered.
+    let err = unsafe {
+        let queue = rd::rd_kafka_queue_get_consumer(client);
+        if queue.is_null() {
+            return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument));
+        }
+        let err = rd::rd_kafka_commit_queue(client, list.ptr(), queue, None, std::ptr::null_mut());
+        rd::rd_kafka_queue_destroy(queue);
+        err
+    };
+    match RDKafkaErrorCode::from(err) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        code => Err(KafkaError::ConsumerCommit(code)),
+    }
+}
+
+/// How long an unacknowledged commit waits before it is sent again (see [`Owned::commit_due`]).
+const RECOMMIT_AFTER: Duration = Duration::from_secs(1);
 
 /// How a checkpoint step treats unacknowledged dead letters of the sealed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +281,9 @@ impl Shared {
         }
     }
 
-    /// Commits checkpointed offsets to the group, for lag tooling only: the stored offset is the truth.
+    /// Commits checkpointed offsets to the group, for lag tooling and for the API, which serves a
+    /// checkpoint once the group acknowledged it ([`Shared::commit_answered`]). Processing never
+    /// resumes from it: the stored offset is the truth.
     pub fn commit(&self, consumer: &BaseConsumer<GroupContext>, offsets: &[(i32, i64)], mode: CommitMode) {
         if offsets.is_empty() || consumer.assignment_lost() {
             return;
@@ -246,8 +296,42 @@ impl Shared {
                 return;
             }
         }
-        if let Err(e) = consumer.commit(&list, mode) {
+        let committed = match mode {
+            CommitMode::Async => commit_async_reported(consumer, &list),
+            CommitMode::Sync => consumer.commit(&list, mode).map(|()| {
+                // Answered here, not through `commit_callback`.
+                for (partition, next) in offsets {
+                    if let Some(handle) = self.registry.owned(*partition) {
+                        handle.acknowledge_commit(*next);
+                    }
+                }
+            }),
+        };
+        if let Err(e) = committed {
             self.metrics.handled_error(ErrorKind::GroupCommit, &e);
+        }
+    }
+
+    /// The group's answer to a commit: acknowledged offsets let the API serve the checkpoints up to
+    /// them; failures are logged and counted (the next checkpoint, or [`Owned::commit_due`],
+    /// commits again).
+    fn commit_answered(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.metrics.handled_error(ErrorKind::GroupCommit, &e);
+            return;
+        }
+        for element in offsets.elements_for_topic(&self.config.kafka.input_topic) {
+            match (element.error(), element.offset()) {
+                (Err(e), _) => self
+                    .metrics
+                    .handled_error(ErrorKind::GroupCommit, &format_args!("partition {}: {e}", element.partition())),
+                (Ok(()), Offset::Offset(next)) => {
+                    if let Some(handle) = self.registry.owned(element.partition()) {
+                        handle.acknowledge_commit(next);
+                    }
+                }
+                (Ok(()), _) => {}
+            }
         }
     }
 
@@ -342,6 +426,7 @@ impl Shared {
             letters: Vec::new(),
             sealed_letters: Vec::new(),
             handle: Arc::clone(&handle),
+            commit_sent: None,
         };
         owned.insert(partition, entry);
         self.metrics.assigned_partitions.set(owned.len() as i64);
@@ -472,6 +557,10 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.commit_answered(result, offsets);
+    }
+
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.shared.on_assign(consumer, list),
