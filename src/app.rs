@@ -81,6 +81,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         guard: Arc::new(guard),
         routing: Arc::clone(&routing),
+        read_committed: config.http.read_committed,
     });
     let http = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned()).into_future(),

@@ -222,6 +222,13 @@ pub struct HttpConfig {
     /// Requests per second this instance serves on `/v1/` routes (bursts up to one second's
     /// worth); beyond it, 429 with `Retry-After`. 0 means unlimited.
     pub rate_limit: u32,
+    /// Answer from a checkpoint only once the consumer group has acknowledged its commit, so no
+    /// answer is newer than what the partition's next owner waits for, even after a crash. A read
+    /// right after a checkpoint then waits for that commit's answer (up to 1 s, else 503); behind
+    /// a busy broker that can be hundreds of milliseconds. `false` answers from the newest
+    /// checkpoint at once, and a crash between a checkpoint and its commit can make the next
+    /// owner answer older balances than were served.
+    pub read_committed: bool,
 }
 
 impl Default for HttpConfig {
@@ -232,6 +239,7 @@ impl Default for HttpConfig {
             auth_token_file: PathBuf::new(),
             max_request_size: ByteSize(16 << 10),
             rate_limit: 0,
+            read_committed: true,
         }
     }
 }

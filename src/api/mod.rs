@@ -41,6 +41,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub guard: Arc<Guard>,
     pub routing: Arc<Routing>,
+    /// `http.read_committed`: answer from a checkpoint only once the group has its commit.
+    pub read_committed: bool,
 }
 
 /// What the API needs to find the instance serving an account.
@@ -126,6 +128,12 @@ enum Place {
 }
 
 impl ApiState {
+    /// Whether state checkpointed up to `next_offset` may be served: at once unless
+    /// `http.read_committed`, else once the group has acknowledged it (waiting up to [`COMMIT_WAIT`]).
+    async fn committed(&self, handle: &PartitionHandle, next_offset: i64) -> bool {
+        !self.read_committed || handle.wait_committed(next_offset, COMMIT_WAIT).await
+    }
+
     fn partition_of(&self, account: &str) -> Option<i32> {
         let partitions = self.routing.partitions.load(Ordering::Acquire);
         (partitions > 0).then(|| self.routing.partitioner.partition(account.as_bytes(), partitions))
@@ -239,7 +247,7 @@ async fn account(
         }
         Err(e) => return internal(&state, partition, &e),
     };
-    if !handle.wait_committed(read.next_offset, COMMIT_WAIT).await {
+    if !state.committed(&handle, read.next_offset).await {
         return uncommitted(partition);
     }
     let mut body = json!({
@@ -287,7 +295,7 @@ async fn transactions(
         Ok(page) => page,
         Err(e) => return internal(&state, partition, &e),
     };
-    if !handle.wait_committed(page.next_offset, COMMIT_WAIT).await {
+    if !state.committed(&handle, page.next_offset).await {
         return uncommitted(partition);
     }
     let entries: Vec<serde_json::Value> = page.entries.iter().map(entry_json).collect();
@@ -371,6 +379,7 @@ mod tests {
             metrics: Metrics::new(),
             guard: Arc::new(guard),
             routing: Arc::new(one_partition()),
+            read_committed: true,
         })
     }
 
@@ -488,6 +497,7 @@ mod tests {
             metrics: Metrics::new(),
             guard: Arc::new(Guard::new(None, 16 << 10, 0)),
             routing: Arc::new(one_partition()),
+            read_committed: true,
         });
         let request = |path: &str| axum::http::Request::builder().uri(path).body(Body::empty()).unwrap();
         let before = app.clone().oneshot(request("/v1/balances?as_of=2024-05-01T00:00:00Z")).await.unwrap();
@@ -516,6 +526,7 @@ mod tests {
             metrics: Metrics::new(),
             guard: Arc::new(Guard::new(None, 16 << 10, 0)),
             routing: Arc::new(routing),
+            read_committed: true,
         });
         // Some of these accounts live in partitions 1..63, which no instance announced.
         let mut moving = 0;
@@ -536,8 +547,12 @@ mod tests {
         batch.commit(next_offset, 0).unwrap();
     }
 
-    /// The API of one instance that owns partition 0 through `handle`.
+    /// The API of one instance that owns partition 0 through `handle`, with `http.read_committed`.
     fn serving(handle: &Arc<PartitionHandle>) -> (Arc<PartitionRegistry>, Router) {
+        serving_with(handle, true)
+    }
+
+    fn serving_with(handle: &Arc<PartitionHandle>, read_committed: bool) -> (Arc<PartitionRegistry>, Router) {
         let registry = Arc::new(PartitionRegistry::default());
         registry.insert(Arc::clone(handle));
         let app = router(ApiState {
@@ -545,6 +560,7 @@ mod tests {
             metrics: Metrics::new(),
             guard: Arc::new(Guard::new(None, 16 << 10, 0)),
             routing: Arc::new(one_partition()),
+            read_committed,
         });
         (registry, app)
     }
@@ -603,6 +619,11 @@ mod tests {
             let (status, headers) = get(&app, path, &[]).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
             assert_eq!(headers[header::RETRY_AFTER], "1", "{path}");
+        }
+        // Unless `http.read_committed` is off: then the newest checkpoint is served at once.
+        let (_, eager) = serving_with(&handle, false);
+        for path in paths {
+            assert_eq!(get(&eager, path, &[]).await.0, StatusCode::OK, "{path}, not read_committed");
         }
 
         handle.acknowledge_commit(20);

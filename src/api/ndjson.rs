@@ -34,9 +34,10 @@ pub(super) async fn partition_balances(
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(4);
     let (start_tx, start_rx) = tokio::sync::oneshot::channel();
     let metrics = state.metrics.clone();
-    let runtime = tokio::runtime::Handle::current();
+    // Without `http.read_committed` the scan does not wait for the group at all.
+    let runtime = state.read_committed.then(tokio::runtime::Handle::current);
     tokio::task::spawn_blocking(move || {
-        stream_partition(&handle, &runtime, partition, as_of, start_tx, lines_tx, &metrics)
+        stream_partition(&handle, runtime.as_ref(), partition, as_of, start_tx, lines_tx, &metrics)
     });
     match start_rx.await {
         Ok(Start::Lines) => ([(header::CONTENT_TYPE, NDJSON)], body_of(lines_rx)).into_response(),
@@ -70,7 +71,8 @@ enum Start {
 /// failure after that aborts the stream.
 fn stream_partition(
     handle: &PartitionHandle,
-    runtime: &tokio::runtime::Handle,
+    // The runtime to wait for the group's acknowledgement on (`http.read_committed`), if any.
+    runtime: Option<&tokio::runtime::Handle>,
     partition: i32,
     as_of: Option<i64>,
     start: tokio::sync::oneshot::Sender<Start>,
@@ -87,7 +89,8 @@ fn stream_partition(
             offset.set(next_offset);
             let begins = if as_of.is_some_and(|time| time < floor) {
                 Start::BeforeHistory(floor)
-            } else if !runtime.block_on(handle.wait_committed(next_offset, COMMIT_WAIT)) {
+            } else if runtime.is_some_and(|runtime| !runtime.block_on(handle.wait_committed(next_offset, COMMIT_WAIT)))
+            {
                 Start::Uncommitted
             } else {
                 Start::Lines
