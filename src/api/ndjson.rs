@@ -3,9 +3,8 @@
 
 use super::{
     balances_json, before_history, error, moving, parse_as_of, uncommitted, ApiState, AsOfQuery, Place, RequestParts,
-    COMMIT_WAIT,
 };
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::ErrorKind;
 use crate::registry::PartitionHandle;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -33,11 +32,9 @@ pub(super) async fn partition_balances(
     let Some(handle) = state.registry.serving(partition) else { return moving(Some(partition)) };
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(4);
     let (start_tx, start_rx) = tokio::sync::oneshot::channel();
-    let metrics = state.metrics.clone();
-    // Without `http.read_committed` the scan does not wait for the group at all.
-    let runtime = state.read_committed.then(tokio::runtime::Handle::current);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        stream_partition(&handle, runtime.as_ref(), partition, as_of, start_tx, lines_tx, &metrics)
+        stream_partition(&state, &handle, &runtime, partition, as_of, start_tx, lines_tx)
     });
     match start_rx.await {
         Ok(Start::Lines) => ([(header::CONTENT_TYPE, NDJSON)], body_of(lines_rx)).into_response(),
@@ -63,21 +60,22 @@ enum Start {
     Lines,
     /// `as_of` is before the partition's history floor, this one.
     BeforeHistory(i64),
-    /// The group has not acknowledged the scanned checkpoint as committed within [`COMMIT_WAIT`].
+    /// The group has not acknowledged the scanned checkpoint as committed in time
+    /// ([`ApiState::committed`]).
     Uncommitted,
 }
 
 /// Scans one partition into `lines`. `start` learns first whether lines follow, or why not; a
 /// failure after that aborts the stream.
 fn stream_partition(
+    state: &ApiState,
     handle: &PartitionHandle,
-    // The runtime to wait for the group's acknowledgement on (`http.read_committed`), if any.
-    runtime: Option<&tokio::runtime::Handle>,
+    // Where the scan, on a blocking thread, waits for the group ([`ApiState::committed`]).
+    runtime: &tokio::runtime::Handle,
     partition: i32,
     as_of: Option<i64>,
     start: tokio::sync::oneshot::Sender<Start>,
     lines: tokio::sync::mpsc::Sender<Chunk>,
-    metrics: &Metrics,
 ) {
     let mut start = Some(start);
     let offset = std::cell::Cell::new(0);
@@ -89,8 +87,7 @@ fn stream_partition(
             offset.set(next_offset);
             let begins = if as_of.is_some_and(|time| time < floor) {
                 Start::BeforeHistory(floor)
-            } else if runtime.is_some_and(|runtime| !runtime.block_on(handle.wait_committed(next_offset, COMMIT_WAIT)))
-            {
+            } else if !runtime.block_on(state.committed(handle, next_offset)) {
                 Start::Uncommitted
             } else {
                 Start::Lines
@@ -127,7 +124,7 @@ fn stream_partition(
         }
         Ok(()) => {}
         Err(e) => {
-            metrics.handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: {e}"));
+            state.metrics.handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: {e}"));
             // Before the first line this drops `start` (500); after it, the stream aborts.
             drop(start);
             let _ = lines.blocking_send(Err(std::io::Error::other("state read failed")));

@@ -298,14 +298,10 @@ impl Shared {
         }
         let committed = match mode {
             CommitMode::Async => commit_async_reported(consumer, &list),
-            CommitMode::Sync => consumer.commit(&list, mode).map(|()| {
-                // Answered here, not through `commit_callback`.
-                for (partition, next) in offsets {
-                    if let Some(handle) = self.registry.owned(*partition) {
-                        handle.acknowledge_commit(*next);
-                    }
-                }
-            }),
+            // Answered here, not through `commit_callback`.
+            CommitMode::Sync => consumer
+                .commit(&list, mode)
+                .map(|()| offsets.iter().for_each(|&(partition, next)| self.acknowledge_commit(partition, next))),
         };
         if let Err(e) = committed {
             self.metrics.handled_error(ErrorKind::GroupCommit, &e);
@@ -325,13 +321,16 @@ impl Shared {
                 (Err(e), _) => self
                     .metrics
                     .handled_error(ErrorKind::GroupCommit, &format_args!("partition {}: {e}", element.partition())),
-                (Ok(()), Offset::Offset(next)) => {
-                    if let Some(handle) = self.registry.owned(element.partition()) {
-                        handle.acknowledge_commit(next);
-                    }
-                }
+                (Ok(()), Offset::Offset(next)) => self.acknowledge_commit(element.partition(), next),
                 (Ok(()), _) => {}
             }
+        }
+    }
+
+    /// Lets the API serve `partition`'s checkpoints up to `next`, if it is still owned here.
+    fn acknowledge_commit(&self, partition: i32, next: i64) {
+        if let Some(handle) = self.registry.owned(partition) {
+            handle.acknowledge_commit(next);
         }
     }
 
