@@ -60,7 +60,9 @@ impl PartitionHandle {
     pub fn acknowledge_commit(&self, next_offset: i64) {
         self.group_committed.send_if_modified(|committed| {
             let newer = next_offset > *committed;
-            *committed = (*committed).max(next_offset);
+            if newer {
+                *committed = next_offset;
+            }
             newer
         });
     }
