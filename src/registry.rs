@@ -45,6 +45,9 @@ impl PartitionHandle {
     /// A handle served once its state is checkpointed up to `committed`, the group's committed
     /// offset at assignment (at once without one).
     pub fn serving_from(partition: i32, store: Arc<PartitionStore>, committed: Option<i64>) -> PartitionHandle {
+        if let Some(committed) = committed {
+            store.acknowledge_commit(committed);
+        }
         PartitionHandle {
             partition,
             store,
@@ -56,8 +59,11 @@ impl PartitionHandle {
         }
     }
 
-    /// Records that the group acknowledged `next_offset` as this partition's committed offset.
+    /// Records that the group acknowledged `next_offset` as this partition's committed offset: the
+    /// API may answer from the checkpoints up to it, and from the store's view of the newest of
+    /// them at once ([`crate::store::ReadFrom::Acknowledged`]).
     pub fn acknowledge_commit(&self, next_offset: i64) {
+        self.store.acknowledge_commit(next_offset);
         self.group_committed.send_if_modified(|committed| {
             let newer = next_offset > *committed;
             if newer {

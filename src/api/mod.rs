@@ -22,6 +22,7 @@ use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::{PartitionHandle, PartitionRegistry};
 use crate::routing::directory::Owner;
 use crate::routing::{Directory, Partitioner};
+use crate::store::ReadFrom;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -102,15 +103,15 @@ fn retry_shortly(message: String, partition: Option<i32>) -> Response {
 }
 
 /// How long a read waits for the group to acknowledge the checkpoint it read, before it answers
-/// 503 ([`PartitionHandle::wait_committed`]). Checkpoints are committed as they are written, so
-/// a read usually waits for one commit's round trip at most, and only right after a checkpoint.
+/// 503 ([`PartitionHandle::wait_committed`]). Reads answer from the newest acknowledged checkpoint
+/// whose view is kept ([`ReadFrom::Acknowledged`]), so they wait only while none is: state found
+/// ahead of the group's committed offset at assignment waits for its first commit's answer.
 const COMMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// The answer while the checkpoint a read found is not yet acknowledged as committed by the group
 /// (the broker is slow to answer commits, or this instance is no longer a member).
 fn uncommitted(partition: i32) -> Response {
-    let message =
-        format!("partition {partition}: its newest state is not yet committed to the consumer group; retry shortly");
+    let message = format!("partition {partition}: its state is not yet committed to the consumer group; retry shortly");
     retry_shortly(message, Some(partition))
 }
 
@@ -132,6 +133,16 @@ impl ApiState {
     /// `http.read_committed`, else once the group has acknowledged it (waiting up to [`COMMIT_WAIT`]).
     async fn committed(&self, handle: &PartitionHandle, next_offset: i64) -> bool {
         !self.read_committed || handle.wait_committed(next_offset, COMMIT_WAIT).await
+    }
+
+    /// Which checkpoint reads answer from: with `http.read_committed`, the newest the group has
+    /// acknowledged when its view is kept, so that reads need not wait for a commit in flight.
+    fn read_from(&self) -> ReadFrom {
+        if self.read_committed {
+            ReadFrom::Acknowledged
+        } else {
+            ReadFrom::Newest
+        }
     }
 
     fn partition_of(&self, account: &str) -> Option<i32> {
@@ -239,7 +250,7 @@ async fn account(
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let read = match handle.store.read_account(&account_id, as_of) {
+    let read = match handle.store.read_account(state.read_from(), &account_id, as_of) {
         Ok(Some(read)) => read,
         Ok(None) => {
             return (StatusCode::NOT_FOUND, Json(json!({ "error": "account not found", "account_id": account_id })))
@@ -291,7 +302,7 @@ async fn transactions(
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let page = match handle.store.history_page(&account_id, query.before, limit) {
+    let page = match handle.store.history_page(state.read_from(), &account_id, query.before, limit) {
         Ok(page) => page,
         Err(e) => return internal(&state, partition, &e),
     };
@@ -540,6 +551,11 @@ mod tests {
         assert!(moving > 10, "{moving}");
     }
 
+    /// Partition 0's state in `dir`.
+    fn open_store(dir: &std::path::Path) -> Arc<crate::store::PartitionStore> {
+        Arc::new(crate::store::test_env(dir).open_partition("transactions", 0).unwrap().0)
+    }
+
     /// Checkpoints `amount` USD as `account`'s balance, with `next_offset` as the next offset.
     fn checkpoint_balance(store: &crate::store::PartitionStore, account: &str, amount: &str, next_offset: i64) {
         let mut batch = store.begin();
@@ -568,8 +584,7 @@ mod tests {
     #[tokio::test]
     async fn a_partition_taken_over_behind_its_previous_owner_answers_503_until_it_catches_up() {
         let dir = tempfile::tempdir().unwrap();
-        let env = crate::store::test_env(dir.path());
-        let store = Arc::new(env.open_partition("transactions", 0).unwrap().0);
+        let store = open_store(dir.path());
         // As after a restore from a snapshot through offset 10, where the previous owner had
         // checkpointed (and served) through offset 40.
         checkpoint_balance(&store, "acct-1", "12.50", 10);
@@ -601,8 +616,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_the_group_has_not_acknowledged_answers_503_until_it_has() {
         let dir = tempfile::tempdir().unwrap();
-        let env = crate::store::test_env(dir.path());
-        let store = Arc::new(env.open_partition("transactions", 0).unwrap().0);
+        let store = open_store(dir.path());
         checkpoint_balance(&store, "acct-1", "12.50", 10);
         let handle = Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(10)));
         let (_, app) = serving(&handle);
@@ -630,5 +644,50 @@ mod tests {
         for path in paths {
             assert_eq!(get(&app, path, &[]).await.0, StatusCode::OK, "{path}");
         }
+    }
+
+    /// The status and body of a GET of `path`.
+    async fn get_body(app: &Router, path: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn get_json(app: &Router, path: &str) -> (StatusCode, serde_json::Value) {
+        let (status, body) = get_body(app, path).await;
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn while_a_commit_is_in_flight_reads_answer_from_the_acknowledged_checkpoint_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        checkpoint_balance(&store, "acct-1", "12.50", 10);
+        // As the consumer does: a view of state checkpointed as far as the group's committed
+        // offset at assignment, then one of each checkpoint it commits.
+        store.keep_view_for_commit().unwrap();
+        let handle = Arc::new(PartitionHandle::serving_from(0, Arc::clone(&store), Some(10)));
+        let (_, app) = serving(&handle);
+        checkpoint_balance(&store, "acct-1", "20.00", 20);
+        store.keep_view_for_commit().unwrap();
+
+        // Without the kept view this would wait for the group, then answer 503 (see above).
+        let (status, body) = get_json(&app, "/v1/accounts/acct-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((&body["offset"], &body["balances"]["USD"]), (&json!(10), &json!("12.50")));
+        let (status, body) = get_json(&app, "/v1/accounts/acct-1/transactions").await;
+        assert_eq!((status, &body["offset"]), (StatusCode::OK, &json!(10)));
+        for path in ["/v1/partitions/0/balances", "/v1/balances"] {
+            let (status, body) = get_body(&app, path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(body.contains("12.50") && !body.contains("20.00"), "{path}: {body}");
+        }
+
+        handle.acknowledge_commit(20);
+        let (status, body) = get_json(&app, "/v1/accounts/acct-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((&body["offset"], &body["balances"]["USD"]), (&json!(20), &json!("20.00")));
     }
 }

@@ -249,6 +249,7 @@ fn checkpoint_due(
             written = shared.checkpoint(entry, seal, LetterWait::Poll).or(written);
         }
         if let Some(next) = entry.commit_due(written, now) {
+            shared.keep_view_for_commit(*partition, entry.state.store());
             committed.push((*partition, next));
         }
     }

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::partition::PartitionState;
 use crate::registry::{PartitionHandle, PartitionRegistry};
-use crate::store::StoreEnv;
+use crate::store::{PartitionStore, StoreEnv};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -327,6 +327,20 @@ impl Shared {
         }
     }
 
+    /// Keeps a view of `partition`'s state as it is now, a checkpoint whose offset goes to the
+    /// group as its commit, for the API to answer from once the group acknowledges it
+    /// ([`PartitionStore::keep_view_for_commit`]). Not kept when the API serves the newest state.
+    pub fn keep_view_for_commit(&self, partition: i32, store: &PartitionStore) {
+        if !self.config.http.read_committed {
+            return;
+        }
+        if let Err(e) = store.keep_view_for_commit() {
+            // The API then reads the newest state, and waits for its commit.
+            self.metrics
+                .handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: view for the API: {e}"));
+        }
+    }
+
     /// Lets the API serve `partition`'s checkpoints up to `next`, if it is still owned here.
     fn acknowledge_commit(&self, partition: i32, next: i64) {
         if let Some(handle) = self.registry.owned(partition) {
@@ -411,6 +425,12 @@ impl Shared {
             self.metrics.handled_error(ErrorKind::Rebalance, &e);
         }
         prepared.state.announce();
+        let store = prepared.state.store();
+        // State checkpointed as far as the group's committed offset can be served from the start;
+        // state behind it never is (see `PartitionHandle::serving_from`).
+        if store.last_checkpoint().is_some_and(|checkpointed| Some(checkpointed) >= prepared.committed) {
+            self.keep_view_for_commit(partition, store);
+        }
         let handle =
             Arc::new(PartitionHandle::serving_from(partition, Arc::clone(prepared.state.store()), prepared.committed));
         tracing::info!(

@@ -342,7 +342,7 @@ mod tests {
     use crate::input::{decode, InputFormat};
     use crate::ledger::{Currency, RejectReason};
     use crate::metrics::Metrics;
-    use crate::store::StoreEnv;
+    use crate::store::{ReadFrom, StoreEnv};
 
     fn seed(id: &str, amount: &str, ts: &str) -> Result<TransactionEvent<'static>, Rejection> {
         let json = format!(
@@ -522,7 +522,7 @@ mod tests {
         let store = state.store();
         let usd = Currency::parse("USD").unwrap();
         let at = |ts: &str| {
-            let read = store.read_account("6ad87cf1", Some(micros(ts))).unwrap().unwrap();
+            let read = store.read_account(ReadFrom::Newest, "6ad87cf1", Some(micros(ts))).unwrap().unwrap();
             assert_eq!(read.next_offset, 7);
             assert_eq!(read.history_floor_micros, i64::MIN, "new state keeps history from its first record");
             crate::ledger::history::balances_as_of(&read.balances, &read.applied_history, micros(ts))
@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(at("2024-03-13T00:00:00Z"), vec![(usd, "75.00".into())]);
         assert_eq!(at("2024-03-20T00:00:00Z"), vec![(usd, "105.00".into())]);
 
-        let page = store.history_page("6ad87cf1", None, 100).unwrap();
+        let page = store.history_page(ReadFrom::Newest, "6ad87cf1", None, 100).unwrap();
         let listed: Vec<(i64, &str, &str)> =
             page.entries.iter().map(|e| (e.offset, e.outcome.as_str(), e.transaction_id.as_str())).collect();
         assert_eq!(
@@ -558,11 +558,11 @@ mod tests {
         // Entries without a reversal target or a reason read back without them.
         assert_eq!((page.entries[3].reverses.as_deref(), page.entries[3].reason.as_deref()), (None, None));
         // Paging: two at a time, then on from the last offset seen.
-        let first = store.history_page("6ad87cf1", None, 2).unwrap();
+        let first = store.history_page(ReadFrom::Newest, "6ad87cf1", None, 2).unwrap();
         assert!(first.more);
-        let second = store.history_page("6ad87cf1", Some(first.entries[1].offset), 2).unwrap();
+        let second = store.history_page(ReadFrom::Newest, "6ad87cf1", Some(first.entries[1].offset), 2).unwrap();
         assert_eq!(second.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![4, 3]);
-        assert!(store.history_page("nobody", None, 10).unwrap().entries.is_empty());
+        assert!(store.history_page(ReadFrom::Newest, "nobody", None, 10).unwrap().entries.is_empty());
     }
 
     #[test]
@@ -591,7 +591,7 @@ mod tests {
         let mut listed = Vec::new();
         let mut before = None;
         loop {
-            let page = store.history_page("6ad87cf1", before, 7).unwrap();
+            let page = store.history_page(ReadFrom::Newest, "6ad87cf1", before, 7).unwrap();
             listed.extend(page.entries.iter().map(|e| e.offset));
             before = page.entries.last().map(|e| e.offset);
             if !page.more {
@@ -600,9 +600,10 @@ mod tests {
         }
         let expected: Vec<i64> = (0..210).rev().filter(|offset| offset % 4 != 3 || *offset >= 200).collect();
         assert_eq!(listed, expected);
-        let b: Vec<i64> = store.history_page("b", None, 100).unwrap().entries.iter().map(|e| e.offset).collect();
+        let b: Vec<i64> =
+            store.history_page(ReadFrom::Newest, "b", None, 100).unwrap().entries.iter().map(|e| e.offset).collect();
         assert_eq!(b, (0..200).rev().filter(|offset| offset % 4 == 3).collect::<Vec<_>>());
-        let read = store.read_account("6ad87cf1", Some(i64::MAX)).unwrap().unwrap();
+        let read = store.read_account(ReadFrom::Newest, "6ad87cf1", Some(i64::MAX)).unwrap().unwrap();
         assert_eq!(read.applied_history.len(), 160);
         assert_eq!(usd_balance(&state).as_deref(), Some("160.00"));
     }
@@ -618,7 +619,7 @@ mod tests {
             crate::store::forget_history_floor(state.store());
         }
         let state = open(&env);
-        let read = state.store().read_account("6ad87cf1", None).unwrap().unwrap();
+        let read = state.store().read_account(ReadFrom::Newest, "6ad87cf1", None).unwrap().unwrap();
         assert_eq!(read.history_floor_micros, micros("2024-03-11T12:30:45Z"));
     }
 }

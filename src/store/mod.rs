@@ -21,6 +21,7 @@ mod batch;
 pub mod codec;
 mod filter;
 pub mod keys;
+mod views;
 
 use crate::config::StateConfig;
 use crate::ledger::history::balances_as_of;
@@ -40,6 +41,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use views::{CommittedViews, View};
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -504,6 +506,8 @@ pub struct PartitionStore {
     /// Bytes of the last batch written: the next one starts with room for as many.
     last_batch_bytes: AtomicUsize,
     memtables: MemtableBudget,
+    /// Views of checkpoints committed to the group, for the API (see [`views`]).
+    committed_views: Mutex<CommittedViews>,
 }
 
 impl Drop for PartitionStore {
@@ -551,6 +555,16 @@ impl RecordPrefixes {
             clear_restore_skips: RecordPrefix::delete_range(cf(CF_RESTORE_SKIP)),
         }
     }
+}
+
+/// Which checkpoint a read answers from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The newest.
+    Newest,
+    /// The newest the consumer group acknowledged as committed while the partition is here, if
+    /// its view is kept ([`PartitionStore::keep_view_for_commit`]); else the newest.
+    Acknowledged,
 }
 
 /// An account as of the last checkpoint, read from one consistent view.
@@ -620,6 +634,7 @@ impl PartitionStore {
             prefixes,
             last_batch_bytes: AtomicUsize::new(0),
             memtables,
+            committed_views: Mutex::default(),
         })
     }
 
@@ -710,16 +725,54 @@ impl PartitionStore {
         }
     }
 
-    /// Reads `account` as of the last checkpoint: its balances, and when a point in time `as_of`
-    /// is asked for, its applied history entries. `None` for an unknown account.
-    pub fn read_account(&self, account: &str, as_of: Option<i64>) -> Result<Option<AccountRead>, StoreError> {
-        let view = self.db.snapshot();
+    /// A view of the state to read `from`.
+    fn view(&self, from: ReadFrom) -> Result<Arc<View>, StoreError> {
+        let acknowledged = match from {
+            ReadFrom::Newest => None,
+            ReadFrom::Acknowledged => self.committed_views.lock().unwrap_or_else(|e| e.into_inner()).acknowledged(),
+        };
+        match acknowledged {
+            Some(view) => Ok(view),
+            None => Ok(Arc::new(View::of(&self.db)?)),
+        }
+    }
+
+    /// Keeps a view of the state as it is now, a checkpoint whose offset is being sent to the
+    /// group as its commit, until the group acknowledges that offset or a newer one; then reads
+    /// [`ReadFrom::Acknowledged`] see it. Called by the thread that writes the checkpoints.
+    pub fn keep_view_for_commit(&self) -> Result<(), StoreError> {
+        let view = View::of(&self.db)?;
+        self.committed_views.lock().unwrap_or_else(|e| e.into_inner()).keep(view);
+        Ok(())
+    }
+
+    /// The group acknowledged `next_offset` as this partition's committed offset.
+    pub fn acknowledge_commit(&self, next_offset: i64) {
+        self.committed_views.lock().unwrap_or_else(|e| e.into_inner()).acknowledge(next_offset);
+    }
+
+    /// The event time from which a view whose stored history floor is `stored` answers `as_of`
+    /// exactly. Compaction drops history below the retention horizon as it is now, which may have
+    /// risen past the floor of an older view since.
+    fn history_floor(&self, stored: Option<i64>) -> i64 {
+        stored.unwrap_or(i64::MIN).max(self.horizons.history.load(Ordering::Relaxed))
+    }
+
+    /// Reads `account` as of the checkpoint `from` names: its balances, and when a point in time
+    /// `as_of` is asked for, its applied history entries. `None` for an unknown account.
+    pub fn read_account(
+        &self,
+        from: ReadFrom,
+        account: &str,
+        as_of: Option<i64>,
+    ) -> Result<Option<AccountRead>, StoreError> {
+        let view = self.view(from)?;
         let meta = self.cf(CF_META);
         let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
             Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
         };
         let next_offset = read_i64(MetaKey::NextOffset)?.unwrap_or(0);
-        let history_floor_micros = read_i64(MetaKey::HistoryFloor)?.unwrap_or(i64::MIN);
+        let history_floor_micros = self.history_floor(read_i64(MetaKey::HistoryFloor)?);
         let prefix = keys::account_prefix(account);
         let mut balances = Vec::new();
         for item in view.iterator_cf_opt(self.cf(CF_BALANCES), bounded(&prefix), IteratorMode::Start) {
@@ -760,10 +813,16 @@ impl PartitionStore {
     }
 
     /// Up to `limit` of `account`'s history entries with an offset below `before`, newest first,
-    /// as of the last checkpoint. Entries past the retention horizon are left out even while
+    /// as of the checkpoint `from` names. Entries past the retention horizon are left out even while
     /// compaction has not dropped them yet, so the answer does not depend on compaction timing.
-    pub fn history_page(&self, account: &str, before: Option<i64>, limit: usize) -> Result<HistoryPage, StoreError> {
-        let view = self.db.snapshot();
+    pub fn history_page(
+        &self,
+        from: ReadFrom,
+        account: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let view = self.view(from)?;
         let next_offset = view
             .get_cf(self.cf(CF_META), MetaKey::NextOffset.name())?
             .map(|v| codec::decode_i64(&v))
@@ -799,22 +858,23 @@ impl PartitionStore {
         Ok(HistoryPage { next_offset, entries, more: false })
     }
 
-    /// Every account's balances at event time `as_of_micros`, from one consistent view, in key
-    /// order. Returns the checkpoint's next offset and history floor first (`None` if the state
+    /// Every account's balances at event time `as_of_micros`, from one consistent view (the
+    /// checkpoint `from` names), in key order. Returns the checkpoint's next offset and history floor first (`None` if the state
     /// never checkpointed), then calls `visit` per account; `visit` may stop early.
     pub fn scan_balances_as_of(
         &self,
+        from: ReadFrom,
         as_of_micros: Option<i64>,
         mut check_floor: impl FnMut(i64, i64) -> ControlFlow<()>,
         mut visit: impl FnMut(&str, Vec<(Currency, Amount)>) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let view = self.db.snapshot();
+        let view = self.view(from)?;
         let meta = self.cf(CF_META);
         let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
             Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
         };
         let next_offset = read_i64(MetaKey::NextOffset)?.unwrap_or(0);
-        let floor = read_i64(MetaKey::HistoryFloor)?.unwrap_or(i64::MIN);
+        let floor = self.history_floor(read_i64(MetaKey::HistoryFloor)?);
         if check_floor(next_offset, floor).is_break() {
             return Ok(());
         }
@@ -1398,13 +1458,13 @@ mod tests {
         cp.commit(20, 410).unwrap();
 
         // The horizon is 310: of the first value, only offset 4 is still history.
-        assert_eq!(offsets(store.history_page("a", None, 10).unwrap()), (vec![13, 12, 4], false));
-        assert_eq!(offsets(store.history_page("a", None, 2).unwrap()), (vec![13, 12], true));
-        assert_eq!(offsets(store.history_page("a", Some(13), 1).unwrap()), (vec![12], true));
-        assert_eq!(offsets(store.history_page("a", Some(12), 2).unwrap()), (vec![4], false));
-        assert_eq!(offsets(store.history_page("a", Some(5), 2).unwrap()), (vec![4], false));
-        assert_eq!(offsets(store.history_page("a", Some(4), 2).unwrap()), (vec![], false));
-        assert!(store.history_page("b", None, 10).unwrap().entries.is_empty());
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", None, 10).unwrap()), (vec![13, 12, 4], false));
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", None, 2).unwrap()), (vec![13, 12], true));
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", Some(13), 1).unwrap()), (vec![12], true));
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", Some(12), 2).unwrap()), (vec![4], false));
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", Some(5), 2).unwrap()), (vec![4], false));
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", Some(4), 2).unwrap()), (vec![], false));
+        assert!(store.history_page(ReadFrom::Newest, "b", None, 10).unwrap().entries.is_empty());
         // Point in time: every retained applied entry, whatever value holds it.
         let retained = store.applied_history(&store.db.snapshot(), "a", |_| true).unwrap();
         assert_eq!(retained.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 2, 4, 6, 12, 13]);
@@ -1415,7 +1475,7 @@ mod tests {
         let mut cp = store.begin();
         cp.put_history("a", &[applied(20, 500).borrowed()], 0);
         cp.commit(21, 500).unwrap();
-        assert_eq!(offsets(store.history_page("a", None, 10).unwrap()), (vec![20, 13, 12], false));
+        assert_eq!(offsets(store.history_page(ReadFrom::Newest, "a", None, 10).unwrap()), (vec![20, 13, 12], false));
         assert_eq!(history_keys(&store), vec![Some(12), Some(20)]);
     }
 

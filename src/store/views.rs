@@ -1,0 +1,159 @@
+//! Views of a partition's state kept for the HTTP API, so that it can answer from the newest
+//! checkpoint the consumer group has acknowledged without waiting.
+//!
+//! The API serves a checkpoint only once the group has its commit (`http.read_committed`): what
+//! one instance served must never be ahead of what the next owner waits for. Read from the newest
+//! state, a request made while the partition is catching up finds a checkpoint whose commit is
+//! still on its way, and has to wait for the answer (half a second and more from a busy broker).
+//! So each checkpoint whose offset goes out as a commit keeps a RocksDB snapshot of itself until
+//! the group answers; the answer makes the newest snapshot at or below the acknowledged offset the
+//! one reads use, and releases the older ones.
+
+use super::codec;
+use super::keys::{MetaKey, CF_META};
+use super::StoreError;
+use rocksdb::{SnapshotWithThreadMode, DB};
+use std::collections::VecDeque;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// Most snapshots kept waiting for the group's answer: while commits go unanswered, each newer
+/// checkpoint replaces the oldest. A commit answer acknowledges everything up to its offset, so a
+/// newer snapshot serves as well as a released older one. Each snapshot keeps the values it sees
+/// from being overwritten in place, so this also bounds the extra versions kept per key.
+const MAX_PENDING: usize = 8;
+
+/// A consistent view of a partition's state at one checkpoint, held as long as it is needed.
+pub(super) struct View {
+    // Declared before `_db`, so released before the database handle it borrows from.
+    snapshot: SnapshotWithThreadMode<'static, DB>,
+    _db: Arc<DB>,
+    /// The next offset of the checkpoint the view sees (0 before the state's first checkpoint).
+    pub next_offset: i64,
+}
+
+impl View {
+    /// A view of the state as it is now.
+    pub fn of(db: &Arc<DB>) -> Result<View, StoreError> {
+        let db = Arc::clone(db);
+        let snapshot = db.snapshot();
+        // SAFETY: the snapshot borrows the `DB` inside the `Arc`'s allocation, which never moves
+        // and which `_db` keeps alive for as long as the view exists; the snapshot is dropped (and
+        // released) first, by field order. The `'static` lifetime never leaves this struct:
+        // `Deref` lends the snapshot only for the view's own borrow.
+        let snapshot: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snapshot) };
+        let meta = db.cf_handle(CF_META).expect("opened with every column family");
+        let next_offset = snapshot.get_cf(meta, MetaKey::NextOffset.name())?;
+        let next_offset = next_offset.map(|v| codec::decode_i64(&v)).transpose()?.unwrap_or(0);
+        Ok(View { snapshot, _db: db, next_offset })
+    }
+}
+
+impl Deref for View {
+    type Target = SnapshotWithThreadMode<'static, DB>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.snapshot
+    }
+}
+
+/// The views of checkpoints committed to the group: those waiting for its answer, oldest first,
+/// and the newest it acknowledged.
+#[derive(Default)]
+pub(super) struct CommittedViews {
+    pending: VecDeque<Arc<View>>,
+    acknowledged: Option<Arc<View>>,
+}
+
+impl CommittedViews {
+    /// Keeps `view` until the group acknowledges its offset (or a newer one).
+    pub fn keep(&mut self, view: View) {
+        let known = |v: &Arc<View>| v.next_offset >= view.next_offset;
+        if self.pending.back().is_some_and(known) || self.acknowledged.as_ref().is_some_and(known) {
+            // A commit sent again, or one of state older than what is kept: nothing newer to see.
+            return;
+        }
+        if self.pending.len() == MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Arc::new(view));
+    }
+
+    /// The group acknowledged `next_offset`: the newest view at or below it becomes the one
+    /// served, and the views older than that are released.
+    pub fn acknowledge(&mut self, next_offset: i64) {
+        while self.pending.front().is_some_and(|v| v.next_offset <= next_offset) {
+            self.acknowledged = self.pending.pop_front();
+        }
+    }
+
+    /// The view of the newest acknowledged checkpoint kept, if any.
+    pub fn acknowledged(&self) -> Option<Arc<View>> {
+        self.acknowledged.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ledger::{Amount, Currency};
+    use crate::store::{test_env, PartitionStore, ReadFrom};
+
+    fn checkpoint(store: &PartitionStore, amount: &str, next_offset: i64) {
+        let mut batch = store.begin();
+        batch.put_balance("a", Currency::parse("USD").unwrap(), Amount::parse(amount).unwrap(), next_offset);
+        batch.commit(next_offset, 0).unwrap();
+    }
+
+    /// The offset and USD balance of account "a" as a read `from` sees them.
+    fn seen(store: &PartitionStore, from: ReadFrom) -> (i64, String) {
+        let read = store.read_account(from, "a", None).unwrap().unwrap();
+        (read.next_offset, read.balances[0].1.to_string())
+    }
+
+    #[test]
+    fn acknowledged_reads_see_the_newest_kept_checkpoint_the_group_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
+        checkpoint(&store, "1", 10);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()), "nothing kept: the newest");
+
+        store.keep_view_for_commit().unwrap();
+        checkpoint(&store, "2", 20);
+        store.keep_view_for_commit().unwrap();
+        checkpoint(&store, "3", 30);
+        store.keep_view_for_commit().unwrap();
+        store.keep_view_for_commit().unwrap(); // the same checkpoint, committed again
+        checkpoint(&store, "4", 40);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (40, "4".into()), "none acknowledged yet");
+
+        store.acknowledge_commit(25);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (20, "2".into()), "the newest at or below 25");
+        assert_eq!(seen(&store, ReadFrom::Newest), (40, "4".into()));
+        store.acknowledge_commit(15);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (20, "2".into()), "an older answer changes nothing");
+        store.acknowledge_commit(30);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()));
+        store.acknowledge_commit(40);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()), "40 was never kept");
+    }
+
+    #[test]
+    fn unanswered_commits_keep_only_the_newest_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
+        let views = || store.committed_views.lock().unwrap();
+        for next_offset in 1..=(super::MAX_PENDING as i64 + 3) {
+            checkpoint(&store, &next_offset.to_string(), next_offset);
+            store.keep_view_for_commit().unwrap();
+        }
+        let kept: Vec<i64> = views().pending.iter().map(|v| v.next_offset).collect();
+        assert_eq!(kept, (4..=11).collect::<Vec<_>>());
+
+        store.acknowledge_commit(2);
+        assert!(views().acknowledged().is_none(), "its view was released: none older is served instead");
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (11, "11".into()));
+        store.acknowledge_commit(11);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (11, "11".into()));
+        assert!(views().pending.is_empty());
+    }
+}
