@@ -8,6 +8,10 @@
 //! So each checkpoint whose offset goes out as a commit keeps a RocksDB snapshot of itself until
 //! the group answers; the answer makes the newest snapshot at or below the acknowledged offset the
 //! one reads use, and releases the older ones.
+//!
+//! A `PartitionStore` lives for one ownership of its partition (opened when assigned, dropped when
+//! released), so every view it keeps is of state this instance checkpointed while it owned the
+//! partition: none survives a handover to be served after the partition comes back.
 
 use super::codec;
 use super::keys::{MetaKey, CF_META};
