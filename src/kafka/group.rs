@@ -425,12 +425,6 @@ impl Shared {
             self.metrics.handled_error(ErrorKind::Rebalance, &e);
         }
         prepared.state.announce();
-        let store = prepared.state.store();
-        // State checkpointed as far as the group's committed offset can be served from the start;
-        // state behind it never is (see `PartitionHandle::serving_from`).
-        if store.last_checkpoint().is_some_and(|checkpointed| Some(checkpointed) >= prepared.committed) {
-            self.keep_view_for_commit(partition, store);
-        }
         let handle =
             Arc::new(PartitionHandle::serving_from(partition, Arc::clone(prepared.state.store()), prepared.committed));
         tracing::info!(

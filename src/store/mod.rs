@@ -41,6 +41,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 use views::{CommittedViews, View};
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
@@ -127,6 +128,14 @@ const RECOVERY_OPTIONS: &str = "avoid_flush_during_recovery=true";
 /// Memtable inserts took 37% fewer instructions in the engine at 10k accounts, 45% at 200k
 /// (docs/BENCHMARKS.md, thirty-second session).
 const INSERT_HINT_OPTIONS: &str = "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.0";
+
+/// The API keeps a snapshot of the newest acknowledged checkpoint, and of each one committed but
+/// not yet acknowledged ([`views`]), so a partition always has one open. A compaction's output
+/// keeps the sequence numbers a snapshot may need, and when that snapshot is released RocksDB by
+/// default rewrites such bottommost files at once, only to zero them ("BottommostFiles"): three
+/// times the compactions of a catch-up without snapshots (docs/BENCHMARKS.md, forty-first
+/// session). An hour's delay leaves that to files no ordinary compaction rewrote meanwhile.
+const SNAPSHOT_RELEASE_OPTIONS: &str = "bottommost_file_compaction_delay=3600";
 
 /// Shared resources for every partition's database.
 pub struct StoreEnv {
@@ -226,7 +235,9 @@ impl StoreEnv {
             .get_options_from_string(RECOVERY_OPTIONS)
             .expect("RECOVERY_OPTIONS is a valid RocksDB options string")
             .get_options_from_string(INSERT_HINT_OPTIONS)
-            .expect("INSERT_HINT_OPTIONS is a valid RocksDB options string");
+            .expect("INSERT_HINT_OPTIONS is a valid RocksDB options string")
+            .get_options_from_string(SNAPSHOT_RELEASE_OPTIONS)
+            .expect("SNAPSHOT_RELEASE_OPTIONS is a valid RocksDB options string");
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_block_based_table_factory(&self.table(true));
@@ -563,7 +574,8 @@ pub enum ReadFrom {
     /// The newest.
     Newest,
     /// The newest the consumer group acknowledged as committed while the partition is here, if
-    /// its view is kept ([`PartitionStore::keep_view_for_commit`]); else the newest.
+    /// its view is kept ([`PartitionStore::keep_view_for_commit`], or taken by an earlier read);
+    /// else the newest.
     Acknowledged,
 }
 
@@ -727,22 +739,27 @@ impl PartitionStore {
 
     /// A view of the state to read `from`.
     fn view(&self, from: ReadFrom) -> Result<Arc<View>, StoreError> {
-        let acknowledged = match from {
-            ReadFrom::Newest => None,
-            ReadFrom::Acknowledged => self.committed_views.lock().unwrap_or_else(|e| e.into_inner()).acknowledged(),
-        };
-        match acknowledged {
-            Some(view) => Ok(view),
-            None => Ok(Arc::new(View::of(&self.db)?)),
+        if from == ReadFrom::Newest {
+            return Ok(Arc::new(View::of(&self.db)?));
         }
+        let mut views = self.committed_views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(view) = views.acknowledged(Instant::now()) {
+            return Ok(view);
+        }
+        let newest = Arc::new(View::of(&self.db)?);
+        views.offer(&newest);
+        Ok(newest)
     }
 
     /// Keeps a view of the state as it is now, a checkpoint whose offset is being sent to the
     /// group as its commit, until the group acknowledges that offset or a newer one; then reads
-    /// [`ReadFrom::Acknowledged`] see it. Called by the thread that writes the checkpoints.
+    /// [`ReadFrom::Acknowledged`] see it. Called by the thread that writes the checkpoints. Only
+    /// while such reads come ([`views::KEPT_AFTER_READ`]); else the views kept are released.
     pub fn keep_view_for_commit(&self) -> Result<(), StoreError> {
-        let view = View::of(&self.db)?;
-        self.committed_views.lock().unwrap_or_else(|e| e.into_inner()).keep(view);
+        let mut views = self.committed_views.lock().unwrap_or_else(|e| e.into_inner());
+        if views.wanted(Instant::now()) {
+            views.keep(View::of(&self.db)?);
+        }
         Ok(())
     }
 
@@ -813,8 +830,9 @@ impl PartitionStore {
     }
 
     /// Up to `limit` of `account`'s history entries with an offset below `before`, newest first,
-    /// as of the checkpoint `from` names. Entries past the retention horizon are left out even while
-    /// compaction has not dropped them yet, so the answer does not depend on compaction timing.
+    /// as of the checkpoint `from` names. Entries past the retention horizon are left out even
+    /// while compaction has not dropped them yet, so the answer does not depend on compaction
+    /// timing.
     pub fn history_page(
         &self,
         from: ReadFrom,
@@ -859,8 +877,9 @@ impl PartitionStore {
     }
 
     /// Every account's balances at event time `as_of_micros`, from one consistent view (the
-    /// checkpoint `from` names), in key order. Returns the checkpoint's next offset and history floor first (`None` if the state
-    /// never checkpointed), then calls `visit` per account; `visit` may stop early.
+    /// checkpoint `from` names), in key order. Returns the checkpoint's next offset and history
+    /// floor first (`None` if the state never checkpointed), then calls `visit` per account;
+    /// `visit` may stop early.
     pub fn scan_balances_as_of(
         &self,
         from: ReadFrom,

@@ -20,12 +20,19 @@ use rocksdb::{SnapshotWithThreadMode, DB};
 use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Most snapshots kept waiting for the group's answer: while commits go unanswered, each newer
 /// checkpoint replaces the oldest. A commit answer acknowledges everything up to its offset, so a
 /// newer snapshot serves as well as a released older one. Each snapshot keeps the values it sees
 /// from being overwritten in place, so this also bounds the extra versions kept per key.
 const MAX_PENDING: usize = 8;
+
+/// How long after the last read that could use them views are still kept. A snapshot costs the
+/// writes of a catch-up a few percent of their CPU (flushes keep the versions it sees), which
+/// nobody should pay while the API is not read: without reads, views are released and not kept.
+/// The first read after such a pause answers from the newest checkpoint, waiting for its commit.
+pub(super) const KEPT_AFTER_READ: Duration = Duration::from_secs(10);
 
 /// A consistent view of a partition's state at one checkpoint, held as long as it is needed.
 pub(super) struct View {
@@ -63,18 +70,43 @@ impl Deref for View {
 
 /// The views of checkpoints committed to the group: those waiting for its answer, oldest first,
 /// and the newest it acknowledged.
-#[derive(Default)]
 pub(super) struct CommittedViews {
     pending: VecDeque<Arc<View>>,
     acknowledged: Option<Arc<View>>,
+    /// The newest offset the group acknowledged (`i64::MIN` before any answer).
+    acknowledged_offset: i64,
+    /// When a read last asked for the acknowledged view.
+    read_at: Option<Instant>,
+}
+
+impl Default for CommittedViews {
+    fn default() -> Self {
+        CommittedViews { pending: VecDeque::new(), acknowledged: None, acknowledged_offset: i64::MIN, read_at: None }
+    }
 }
 
 impl CommittedViews {
-    /// Keeps `view` until the group acknowledges its offset (or a newer one).
+    /// Whether views are wanted at `now`: a read asked for one within [`KEPT_AFTER_READ`]. If not,
+    /// releases those kept.
+    pub fn wanted(&mut self, now: Instant) -> bool {
+        let wanted = self.read_at.is_some_and(|read_at| now.saturating_duration_since(read_at) < KEPT_AFTER_READ);
+        if !wanted {
+            self.pending.clear();
+            self.acknowledged = None;
+        }
+        wanted
+    }
+
+    /// Keeps `view` until the group acknowledges its offset (or a newer one); at once as the
+    /// acknowledged view if the group already has.
     pub fn keep(&mut self, view: View) {
         let known = |v: &Arc<View>| v.next_offset >= view.next_offset;
         if self.pending.back().is_some_and(known) || self.acknowledged.as_ref().is_some_and(known) {
             // A commit sent again, or one of state older than what is kept: nothing newer to see.
+            return;
+        }
+        if view.next_offset <= self.acknowledged_offset {
+            self.acknowledged = Some(Arc::new(view));
             return;
         }
         if self.pending.len() == MAX_PENDING {
@@ -86,19 +118,35 @@ impl CommittedViews {
     /// The group acknowledged `next_offset`: the newest view at or below it becomes the one
     /// served, and the views older than that are released.
     pub fn acknowledge(&mut self, next_offset: i64) {
+        self.acknowledged_offset = self.acknowledged_offset.max(next_offset);
         while self.pending.front().is_some_and(|v| v.next_offset <= next_offset) {
-            self.acknowledged = self.pending.pop_front();
+            let view = self.pending.pop_front();
+            if view.as_ref().map(|v| v.next_offset) > self.acknowledged.as_ref().map(|v| v.next_offset) {
+                self.acknowledged = view;
+            }
         }
     }
 
-    /// The view of the newest acknowledged checkpoint kept, if any.
-    pub fn acknowledged(&self) -> Option<Arc<View>> {
+    /// The view of the newest acknowledged checkpoint kept, if any, for a read at `now`.
+    pub fn acknowledged(&mut self, now: Instant) -> Option<Arc<View>> {
+        self.read_at = Some(now);
         self.acknowledged.clone()
+    }
+
+    /// A read found no acknowledged view and took `view` of the newest state: it becomes the
+    /// acknowledged view if the group has its offset (a partition idle since its last commit was
+    /// answered), so that the next reads need not wait for a commit in flight.
+    pub fn offer(&mut self, view: &Arc<View>) {
+        let newer = self.acknowledged.as_ref().is_none_or(|kept| view.next_offset > kept.next_offset);
+        if newer && view.next_offset <= self.acknowledged_offset {
+            self.acknowledged = Some(Arc::clone(view));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{Instant, KEPT_AFTER_READ, MAX_PENDING};
     use crate::ledger::{Amount, Currency};
     use crate::store::{test_env, PartitionStore, ReadFrom};
 
@@ -119,6 +167,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
         checkpoint(&store, "1", 10);
+        store.keep_view_for_commit().unwrap();
+        assert!(store.committed_views.lock().unwrap().pending.is_empty(), "no read yet: not kept");
         assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()), "nothing kept: the newest");
 
         store.keep_view_for_commit().unwrap();
@@ -139,6 +189,31 @@ mod tests {
         assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()));
         store.acknowledge_commit(40);
         assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()), "40 was never kept");
+
+        // Without reads for a while, the next commit releases the views and keeps none.
+        let later = Instant::now() + KEPT_AFTER_READ;
+        assert!(!store.committed_views.lock().unwrap().wanted(later));
+        assert!(store.committed_views.lock().unwrap().acknowledged.is_none());
+    }
+
+    #[test]
+    fn a_read_of_state_the_group_has_acknowledged_keeps_its_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
+        checkpoint(&store, "1", 10);
+        store.acknowledge_commit(10);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()));
+        checkpoint(&store, "2", 20);
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()), "the view the first read took");
+        // A view kept for a commit the group already has is the acknowledged one at once.
+        store.acknowledge_commit(20);
+        store.keep_view_for_commit().unwrap();
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (20, "2".into()));
+        // A newer read of state beyond the acknowledged offset is not kept.
+        checkpoint(&store, "3", 30);
+        store.committed_views.lock().unwrap().acknowledged = None;
+        assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()));
+        assert!(store.committed_views.lock().unwrap().acknowledged.is_none());
     }
 
     #[test]
@@ -146,7 +221,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
         let views = || store.committed_views.lock().unwrap();
-        for next_offset in 1..=(super::MAX_PENDING as i64 + 3) {
+        checkpoint(&store, "0", 0);
+        seen(&store, ReadFrom::Acknowledged);
+        for next_offset in 1..=(MAX_PENDING as i64 + 3) {
             checkpoint(&store, &next_offset.to_string(), next_offset);
             store.keep_view_for_commit().unwrap();
         }
@@ -154,7 +231,7 @@ mod tests {
         assert_eq!(kept, (4..=11).collect::<Vec<_>>());
 
         store.acknowledge_commit(2);
-        assert!(views().acknowledged().is_none(), "its view was released: none older is served instead");
+        assert!(views().acknowledged.is_none(), "its view was released: none older is served instead");
         assert_eq!(seen(&store, ReadFrom::Acknowledged), (11, "11".into()));
         store.acknowledge_commit(11);
         assert_eq!(seen(&store, ReadFrom::Acknowledged), (11, "11".into()));
