@@ -783,7 +783,8 @@ impl PartitionStore {
         account: &str,
         as_of: Option<i64>,
     ) -> Result<Option<AccountRead>, StoreError> {
-        let view = self.view(from)?;
+        let kept = self.view(from)?;
+        let view = kept.snapshot();
         let meta = self.cf(CF_META);
         let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
             Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
@@ -802,7 +803,7 @@ impl PartitionStore {
             return Ok(None);
         }
         let applied_history = match as_of {
-            Some(_) => self.applied_history(&view, account, |_| true)?,
+            Some(_) => self.applied_history(view, account, |_| true)?,
             None => Vec::new(),
         };
         Ok(Some(AccountRead { next_offset, history_floor_micros, balances, applied_history }))
@@ -840,7 +841,8 @@ impl PartitionStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let view = self.view(from)?;
+        let kept = self.view(from)?;
+        let view = kept.snapshot();
         let next_offset = view
             .get_cf(self.cf(CF_META), MetaKey::NextOffset.name())?
             .map(|v| codec::decode_i64(&v))
@@ -887,7 +889,8 @@ impl PartitionStore {
         mut check_floor: impl FnMut(i64, i64) -> ControlFlow<()>,
         mut visit: impl FnMut(&str, Vec<(Currency, Amount)>) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let view = self.view(from)?;
+        let kept = self.view(from)?;
+        let view = kept.snapshot();
         let meta = self.cf(CF_META);
         let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
             Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
@@ -929,7 +932,7 @@ impl PartitionStore {
             if at.len() < current.len() {
                 // A currency came out zero: it is listed only if it had an applied event by then,
                 // which only the account's earlier history tells (zero balances are rare).
-                history.extend(self.applied_history(&view, account, |t| t <= time)?);
+                history.extend(self.applied_history(view, account, |t| t <= time)?);
                 at = balances_as_of(&current, &history, time);
             }
             Ok(visit(account, at))

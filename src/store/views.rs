@@ -18,7 +18,6 @@ use super::keys::{MetaKey, CF_META};
 use super::StoreError;
 use rocksdb::{SnapshotWithThreadMode, DB};
 use std::collections::VecDeque;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,19 +50,17 @@ impl View {
         // SAFETY: the snapshot borrows the `DB` inside the `Arc`'s allocation, which never moves
         // and which `_db` keeps alive for as long as the view exists; the snapshot is dropped (and
         // released) first, by field order. The `'static` lifetime never leaves this struct:
-        // `Deref` lends the snapshot only for the view's own borrow.
+        // [`View::snapshot`] lends the snapshot with the view's own borrow as its lifetime, so
+        // nothing made from it (iterators carry the snapshot's lifetime) outlives the view.
         let snapshot: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snapshot) };
         let meta = db.cf_handle(CF_META).expect("opened with every column family");
         let next_offset = snapshot.get_cf(meta, MetaKey::NextOffset.name())?;
         let next_offset = next_offset.map(|v| codec::decode_i64(&v)).transpose()?.unwrap_or(0);
         Ok(View { snapshot, _db: db, next_offset })
     }
-}
 
-impl Deref for View {
-    type Target = SnapshotWithThreadMode<'static, DB>;
-
-    fn deref(&self) -> &Self::Target {
+    /// The snapshot, for as long as the view is borrowed.
+    pub fn snapshot(&self) -> &SnapshotWithThreadMode<'_, DB> {
         &self.snapshot
     }
 }
