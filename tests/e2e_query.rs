@@ -6,6 +6,8 @@ mod common;
 
 use common::workload::{self, Shape};
 use common::{brokers, create_topic, produce, unique, wait_caught_up, Fixture, Instance, Ledgerd};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -188,4 +190,71 @@ async fn any_instance_answers_for_every_account_now_and_in_the_past() {
     assert!(trail.iter().any(|t| t["type"] == "reversal" && t["reverses"].is_string()), "{body}");
     let offsets: Vec<i64> = trail.iter().map(|t| t["offset"].as_i64().unwrap()).collect();
     assert!(offsets.windows(2).all(|w| w[0] > w[1]), "newest first: {offsets:?}");
+}
+
+/// The group's committed next offset of `topic`/`partition` (`-1` without one), asked of the
+/// broker as a lag tool would.
+fn group_committed(reader: &BaseConsumer, topic: &str, partition: i32) -> i64 {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let committed = reader.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    match committed.find_partition(topic, partition).map(|element| element.offset()) {
+        Some(Offset::Offset(next)) => next,
+        _ => -1,
+    }
+}
+
+/// With `http.read_committed` (the default), no answer runs ahead of the consumer group's
+/// committed offset, even while the instance catches up and commits as it goes: were it to crash
+/// right after answering, its successor would resume at or beyond what was served. And reads
+/// during the catch-up are answered (from the newest acknowledged checkpoint), not refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_during_a_catch_up_never_run_ahead_of_the_groups_committed_offset() {
+    const PARTITIONS: i32 = 2;
+    let brokers = brokers();
+    let input = unique("committed-reads");
+    create_topic(&brokers, &input, PARTITIONS).await;
+    let shape = Shape { events: 100_000, accounts: 40, ..Shape::default() };
+    let work = workload::generate(43, &shape);
+    let end = produce(&brokers, &input, &Fixture::from_workload(&work)).await;
+    let total: i64 = end.values().sum();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Instance::new(&brokers, &input, &dir.path().join("n0"));
+    // Many small checkpoints, each committed as it is written.
+    settings.max_records = 500;
+    let node = settings.spawn();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("offsets reader");
+
+    let accounts: Vec<&String> = work.expected.keys().take(8).collect();
+    let (mut answered_during_catch_up, mut ahead) = (0, Vec::new());
+    let started = Instant::now();
+    while node.checkpointed_total() < total {
+        assert!(started.elapsed() < CATCH_UP, "not caught up after {CATCH_UP:?}:\n{}", node.log());
+        for account in &accounts {
+            let Some((200, body)) = node.get(&format!("/v1/accounts/{account}")) else { continue };
+            let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+            let partition = answer["partition"].as_i64().expect("partition") as i32;
+            let offset = answer["offset"].as_i64().expect("offset");
+            // Asked after the answer: the group's offset only grows, so it must already cover it.
+            let committed = group_committed(&reader, &input, partition);
+            if committed < offset {
+                ahead.push(format!("{account}: partition {partition} answered at {offset}, committed {committed}"));
+            }
+            if offset < end[&partition] {
+                answered_during_catch_up += 1;
+            }
+        }
+    }
+    assert!(ahead.is_empty(), "answers ahead of the committed offset: {ahead:?}");
+    assert!(
+        answered_during_catch_up >= 5,
+        "reads during the catch-up must be answered, not only refused ({answered_during_catch_up} were)"
+    );
+    eprintln!("{answered_during_catch_up} answers during a catch-up of {total} records, none ahead of the group");
 }
