@@ -223,11 +223,12 @@ pub struct HttpConfig {
     /// worth); beyond it, 429 with `Retry-After`. 0 means unlimited.
     pub rate_limit: u32,
     /// Answer from a checkpoint only once the consumer group has acknowledged its commit, so no
-    /// answer is newer than what the partition's next owner waits for, even after a crash. A read
-    /// right after a checkpoint then waits for that commit's answer (up to 1 s, else 503); behind
-    /// a busy broker that can be hundreds of milliseconds. `false` answers from the newest
-    /// checkpoint at once, and a crash between a checkpoint and its commit can make the next
-    /// owner answer older balances than were served.
+    /// answer is newer than what the partition's next owner waits for, even after a crash. Reads
+    /// answer from the newest acknowledged checkpoint, whose RocksDB snapshot is kept while the
+    /// partition is read; the first read after 10 s without reads waits for the newest
+    /// checkpoint's commit (up to 1 s, else 503). `false` answers from the newest checkpoint, and
+    /// a crash between a checkpoint and its commit can make the next owner answer older balances
+    /// than were served.
     pub read_committed: bool,
 }
 

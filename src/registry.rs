@@ -2,7 +2,7 @@
 //! and removes them on rebalance), the snapshot writer (which writes their rounds) and the HTTP API
 //! (which reads their checkpointed state).
 
-use crate::store::PartitionStore;
+use crate::store::{PartitionStore, ReadFrom};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -45,9 +45,6 @@ impl PartitionHandle {
     /// A handle served once its state is checkpointed up to `committed`, the group's committed
     /// offset at assignment (at once without one).
     pub fn serving_from(partition: i32, store: Arc<PartitionStore>, committed: Option<i64>) -> PartitionHandle {
-        if let Some(committed) = committed {
-            store.acknowledge_commit(committed);
-        }
         PartitionHandle {
             partition,
             store,
@@ -76,6 +73,11 @@ impl PartitionHandle {
     /// The newest committed offset the group acknowledged (see `group_committed`).
     pub fn group_committed(&self) -> i64 {
         *self.group_committed.borrow()
+    }
+
+    /// Reads from the newest checkpoint the group acknowledged, as far as its view is kept.
+    pub fn read_acknowledged(&self) -> ReadFrom {
+        ReadFrom::Acknowledged { group_committed: self.group_committed() }
     }
 
     /// Waits, at most `max_wait`, until the group has acknowledged a committed offset of at least

@@ -135,11 +135,12 @@ impl ApiState {
         !self.read_committed || handle.wait_committed(next_offset, COMMIT_WAIT).await
     }
 
-    /// Which checkpoint reads answer from: with `http.read_committed`, the newest the group has
-    /// acknowledged when its view is kept, so that reads need not wait for a commit in flight.
-    fn read_from(&self) -> ReadFrom {
+    /// Which checkpoint reads of `handle` answer from: with `http.read_committed`, the newest the
+    /// group has acknowledged when its view is kept, so that reads need not wait for a commit in
+    /// flight.
+    fn read_from(&self, handle: &PartitionHandle) -> ReadFrom {
         if self.read_committed {
-            ReadFrom::Acknowledged
+            handle.read_acknowledged()
         } else {
             ReadFrom::Newest
         }
@@ -168,7 +169,11 @@ impl ApiState {
     /// The account's partition and its local handle, or the answer to send instead: the owner's
     /// (forwarded), or 503 while the partition is moving. Takes the request itself: its URI and
     /// headers are moved, not cloned, and only a forward uses them.
-    async fn serving_store(&self, account_id: &str, request: Request) -> Result<(i32, Arc<PartitionHandle>), Response> {
+    async fn serving_handle(
+        &self,
+        account_id: &str,
+        request: Request,
+    ) -> Result<(i32, Arc<PartitionHandle>), Response> {
         let Some(partition) = self.partition_of(account_id) else { return Err(moving(None)) };
         let (axum::http::request::Parts { uri, headers, .. }, _) = request.into_parts();
         match self.locate(partition, &headers) {
@@ -246,11 +251,11 @@ async fn account(
         Ok(as_of) => as_of,
         Err(refusal) => return refusal,
     };
-    let (partition, handle) = match state.serving_store(&account_id, request).await {
+    let (partition, handle) = match state.serving_handle(&account_id, request).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let read = match handle.store.read_account(state.read_from(), &account_id, as_of) {
+    let read = match handle.store.read_account(state.read_from(&handle), &account_id, as_of) {
         Ok(Some(read)) => read,
         Ok(None) => {
             return (StatusCode::NOT_FOUND, Json(json!({ "error": "account not found", "account_id": account_id })))
@@ -298,11 +303,11 @@ async fn transactions(
     if limit == 0 || limit > MAX_PAGE {
         return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000 (default 100)");
     }
-    let (partition, handle) = match state.serving_store(&account_id, request).await {
+    let (partition, handle) = match state.serving_handle(&account_id, request).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let page = match handle.store.history_page(state.read_from(), &account_id, query.before, limit) {
+    let page = match handle.store.history_page(state.read_from(&handle), &account_id, query.before, limit) {
         Ok(page) => page,
         Err(e) => return internal(&state, partition, &e),
     };
@@ -673,7 +678,7 @@ mod tests {
         assert_eq!(get_json(&app, "/v1/accounts/acct-1").await.1["balances"]["USD"], json!("12.50"));
         // As the consumer does: a view of each checkpoint it commits, while reads come.
         checkpoint_balance(&store, "acct-1", "20.00", 20);
-        store.keep_view_for_commit().unwrap();
+        store.keep_view_for_commit(handle.group_committed()).unwrap();
 
         // Without the kept view this would wait for the group, then answer 503 (see above).
         let (status, body) = get_json(&app, "/v1/accounts/acct-1").await;

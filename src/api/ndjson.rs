@@ -82,7 +82,7 @@ fn stream_partition(
     let mut out = Vec::new();
     let send = |out: &mut Vec<u8>| lines.blocking_send(Ok(std::mem::take(out).into())).is_ok();
     let scan = handle.store.scan_balances_as_of(
-        state.read_from(),
+        state.read_from(handle),
         as_of,
         |next_offset, floor| {
             offset.set(next_offset);

@@ -249,7 +249,7 @@ fn checkpoint_due(
             written = shared.checkpoint(entry, seal, LetterWait::Poll).or(written);
         }
         if let Some(next) = entry.commit_due(written, now) {
-            shared.keep_view_for_commit(*partition, entry.state.store());
+            shared.keep_view_for_commit(*partition, entry);
             committed.push((*partition, next));
         }
     }

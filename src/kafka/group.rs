@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::partition::PartitionState;
 use crate::registry::{PartitionHandle, PartitionRegistry};
-use crate::store::{PartitionStore, StoreEnv};
+use crate::store::StoreEnv;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -329,12 +329,10 @@ impl Shared {
 
     /// Keeps a view of `partition`'s state as it is now, a checkpoint whose offset goes to the
     /// group as its commit, for the API to answer from once the group acknowledges it
-    /// ([`PartitionStore::keep_view_for_commit`]). Not kept when the API serves the newest state.
-    pub fn keep_view_for_commit(&self, partition: i32, store: &PartitionStore) {
-        if !self.config.http.read_committed {
-            return;
-        }
-        if let Err(e) = store.keep_view_for_commit() {
+    /// ([`PartitionStore::keep_view_for_commit`]; none while the API does not read acknowledged
+    /// checkpoints, as with `http.read_committed = false`).
+    pub fn keep_view_for_commit(&self, partition: i32, entry: &Owned) {
+        if let Err(e) = entry.state.store().keep_view_for_commit(entry.handle.group_committed()) {
             // The API then reads the newest state, and waits for its commit.
             self.metrics
                 .handled_error(ErrorKind::StateRead, &format_args!("partition {partition}: view for the API: {e}"));

@@ -575,8 +575,8 @@ pub enum ReadFrom {
     Newest,
     /// The newest the consumer group acknowledged as committed while the partition is here, if
     /// its view is kept ([`PartitionStore::keep_view_for_commit`], or taken by an earlier read);
-    /// else the newest.
-    Acknowledged,
+    /// else the newest. `group_committed` is the newest offset the group acknowledged.
+    Acknowledged { group_committed: i64 },
 }
 
 /// An account as of the last checkpoint, read from one consistent view.
@@ -739,26 +739,25 @@ impl PartitionStore {
 
     /// A view of the state to read `from`.
     fn view(&self, from: ReadFrom) -> Result<Arc<View>, StoreError> {
-        if from == ReadFrom::Newest {
-            return Ok(Arc::new(View::of(&self.db)?));
-        }
+        let ReadFrom::Acknowledged { group_committed } = from else { return Ok(Arc::new(View::of(&self.db)?)) };
         let mut views = self.committed_views.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(view) = views.acknowledged(Instant::now()) {
             return Ok(view);
         }
         let newest = Arc::new(View::of(&self.db)?);
-        views.offer(&newest);
+        views.offer(&newest, group_committed);
         Ok(newest)
     }
 
     /// Keeps a view of the state as it is now, a checkpoint whose offset is being sent to the
     /// group as its commit, until the group acknowledges that offset or a newer one; then reads
-    /// [`ReadFrom::Acknowledged`] see it. Called by the thread that writes the checkpoints. Only
-    /// while such reads come ([`views::KEPT_AFTER_READ`]); else the views kept are released.
-    pub fn keep_view_for_commit(&self) -> Result<(), StoreError> {
+    /// [`ReadFrom::Acknowledged`] see it (at once if `group_committed`, the newest offset the
+    /// group acknowledged, is at or beyond it). Called by the thread that writes the checkpoints.
+    /// Only while such reads come ([`views::KEPT_AFTER_READ`]); else the views kept are released.
+    pub fn keep_view_for_commit(&self, group_committed: i64) -> Result<(), StoreError> {
         let mut views = self.committed_views.lock().unwrap_or_else(|e| e.into_inner());
         if views.wanted(Instant::now()) {
-            views.keep(View::of(&self.db)?);
+            views.keep(View::of(&self.db)?, group_committed);
         }
         Ok(())
     }

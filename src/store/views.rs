@@ -67,19 +67,12 @@ impl View {
 
 /// The views of checkpoints committed to the group: those waiting for its answer, oldest first,
 /// and the newest it acknowledged.
+#[derive(Default)]
 pub(super) struct CommittedViews {
     pending: VecDeque<Arc<View>>,
     acknowledged: Option<Arc<View>>,
-    /// The newest offset the group acknowledged (`i64::MIN` before any answer).
-    acknowledged_offset: i64,
     /// When a read last asked for the acknowledged view.
     read_at: Option<Instant>,
-}
-
-impl Default for CommittedViews {
-    fn default() -> Self {
-        CommittedViews { pending: VecDeque::new(), acknowledged: None, acknowledged_offset: i64::MIN, read_at: None }
-    }
 }
 
 impl CommittedViews {
@@ -95,14 +88,14 @@ impl CommittedViews {
     }
 
     /// Keeps `view` until the group acknowledges its offset (or a newer one); at once as the
-    /// acknowledged view if the group already has.
-    pub fn keep(&mut self, view: View) {
+    /// acknowledged view if the group already has (`group_committed` is at or beyond it).
+    pub fn keep(&mut self, view: View, group_committed: i64) {
         let known = |v: &Arc<View>| v.next_offset >= view.next_offset;
         if self.pending.back().is_some_and(known) || self.acknowledged.as_ref().is_some_and(known) {
             // A commit sent again, or one of state older than what is kept: nothing newer to see.
             return;
         }
-        if view.next_offset <= self.acknowledged_offset {
+        if view.next_offset <= group_committed {
             self.acknowledged = Some(Arc::new(view));
             return;
         }
@@ -115,7 +108,6 @@ impl CommittedViews {
     /// The group acknowledged `next_offset`: the newest view at or below it becomes the one
     /// served, and the views older than that are released.
     pub fn acknowledge(&mut self, next_offset: i64) {
-        self.acknowledged_offset = self.acknowledged_offset.max(next_offset);
         while self.pending.front().is_some_and(|v| v.next_offset <= next_offset) {
             let view = self.pending.pop_front();
             if view.as_ref().map(|v| v.next_offset) > self.acknowledged.as_ref().map(|v| v.next_offset) {
@@ -131,11 +123,12 @@ impl CommittedViews {
     }
 
     /// A read found no acknowledged view and took `view` of the newest state: it becomes the
-    /// acknowledged view if the group has its offset (a partition idle since its last commit was
-    /// answered), so that the next reads need not wait for a commit in flight.
-    pub fn offer(&mut self, view: &Arc<View>) {
+    /// acknowledged view if the group has its offset (`group_committed` is at or beyond it: a
+    /// partition idle since its last commit was answered), so that the next reads need not wait
+    /// for a commit in flight.
+    pub fn offer(&mut self, view: &Arc<View>, group_committed: i64) {
         let newer = self.acknowledged.as_ref().is_none_or(|kept| view.next_offset > kept.next_offset);
-        if newer && view.next_offset <= self.acknowledged_offset {
+        if newer && view.next_offset <= group_committed {
             self.acknowledged = Some(Arc::clone(view));
         }
     }
@@ -159,33 +152,48 @@ mod tests {
         (read.next_offset, read.balances[0].1.to_string())
     }
 
+    /// The group's answers as `PartitionHandle` keeps them: the newest acknowledged offset.
+    struct Group(i64);
+
+    impl Group {
+        fn acknowledge(&mut self, store: &PartitionStore, next_offset: i64) {
+            store.acknowledge_commit(next_offset);
+            self.0 = self.0.max(next_offset);
+        }
+
+        fn read(&self) -> ReadFrom {
+            ReadFrom::Acknowledged { group_committed: self.0 }
+        }
+    }
+
     #[test]
     fn acknowledged_reads_see_the_newest_kept_checkpoint_the_group_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
+        let mut group = Group(i64::MIN);
         checkpoint(&store, "1", 10);
-        store.keep_view_for_commit().unwrap();
+        store.keep_view_for_commit(group.0).unwrap();
         assert!(store.committed_views.lock().unwrap().pending.is_empty(), "no read yet: not kept");
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()), "nothing kept: the newest");
+        assert_eq!(seen(&store, group.read()), (10, "1".into()), "nothing kept: the newest");
 
-        store.keep_view_for_commit().unwrap();
+        store.keep_view_for_commit(group.0).unwrap();
         checkpoint(&store, "2", 20);
-        store.keep_view_for_commit().unwrap();
+        store.keep_view_for_commit(group.0).unwrap();
         checkpoint(&store, "3", 30);
-        store.keep_view_for_commit().unwrap();
-        store.keep_view_for_commit().unwrap(); // the same checkpoint, committed again
+        store.keep_view_for_commit(group.0).unwrap();
+        store.keep_view_for_commit(group.0).unwrap(); // the same checkpoint, committed again
         checkpoint(&store, "4", 40);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (40, "4".into()), "none acknowledged yet");
+        assert_eq!(seen(&store, group.read()), (40, "4".into()), "none acknowledged yet");
 
-        store.acknowledge_commit(25);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (20, "2".into()), "the newest at or below 25");
+        group.acknowledge(&store, 25);
+        assert_eq!(seen(&store, group.read()), (20, "2".into()), "the newest at or below 25");
         assert_eq!(seen(&store, ReadFrom::Newest), (40, "4".into()));
-        store.acknowledge_commit(15);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (20, "2".into()), "an older answer changes nothing");
-        store.acknowledge_commit(30);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()));
-        store.acknowledge_commit(40);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()), "40 was never kept");
+        group.acknowledge(&store, 15);
+        assert_eq!(seen(&store, group.read()), (20, "2".into()), "an older answer changes nothing");
+        group.acknowledge(&store, 30);
+        assert_eq!(seen(&store, group.read()), (30, "3".into()));
+        group.acknowledge(&store, 40);
+        assert_eq!(seen(&store, group.read()), (30, "3".into()), "40 was never kept");
 
         // Without reads for a while, the next commit releases the views and keeps none.
         let later = Instant::now() + KEPT_AFTER_READ;
@@ -197,19 +205,20 @@ mod tests {
     fn a_read_of_state_the_group_has_acknowledged_keeps_its_view() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
+        let mut group = Group(i64::MIN);
         checkpoint(&store, "1", 10);
-        store.acknowledge_commit(10);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()));
+        group.acknowledge(&store, 10);
+        assert_eq!(seen(&store, group.read()), (10, "1".into()));
         checkpoint(&store, "2", 20);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (10, "1".into()), "the view the first read took");
+        assert_eq!(seen(&store, group.read()), (10, "1".into()), "the view the first read took");
         // A view kept for a commit the group already has is the acknowledged one at once.
-        store.acknowledge_commit(20);
-        store.keep_view_for_commit().unwrap();
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (20, "2".into()));
+        group.acknowledge(&store, 20);
+        store.keep_view_for_commit(group.0).unwrap();
+        assert_eq!(seen(&store, group.read()), (20, "2".into()));
         // A newer read of state beyond the acknowledged offset is not kept.
         checkpoint(&store, "3", 30);
         store.committed_views.lock().unwrap().acknowledged = None;
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (30, "3".into()));
+        assert_eq!(seen(&store, group.read()), (30, "3".into()));
         assert!(store.committed_views.lock().unwrap().acknowledged.is_none());
     }
 
@@ -217,21 +226,22 @@ mod tests {
     fn unanswered_commits_keep_only_the_newest_views() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_env(dir.path()).open_partition("input", 0).unwrap().0;
+        let mut group = Group(i64::MIN);
         let views = || store.committed_views.lock().unwrap();
         checkpoint(&store, "0", 0);
-        seen(&store, ReadFrom::Acknowledged);
+        seen(&store, group.read());
         for next_offset in 1..=(MAX_PENDING as i64 + 3) {
             checkpoint(&store, &next_offset.to_string(), next_offset);
-            store.keep_view_for_commit().unwrap();
+            store.keep_view_for_commit(group.0).unwrap();
         }
         let kept: Vec<i64> = views().pending.iter().map(|v| v.next_offset).collect();
         assert_eq!(kept, (4..=11).collect::<Vec<_>>());
 
-        store.acknowledge_commit(2);
+        group.acknowledge(&store, 2);
         assert!(views().acknowledged.is_none(), "its view was released: none older is served instead");
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (11, "11".into()));
-        store.acknowledge_commit(11);
-        assert_eq!(seen(&store, ReadFrom::Acknowledged), (11, "11".into()));
+        assert_eq!(seen(&store, group.read()), (11, "11".into()));
+        group.acknowledge(&store, 11);
+        assert_eq!(seen(&store, group.read()), (11, "11".into()));
         assert!(views().pending.is_empty());
     }
 }
