@@ -17,11 +17,13 @@
 //! older one is emptied and becomes the current one. A hit in the older generation is copied into
 //! the current one, so a balance used at least once per generation stays. A generation reserves
 //! its entries and ids once (memory the kernel maps only as entries arrive); its hash index grows
-//! with what it holds, up to the size its limits need. Sized up front, the index of a cache that
-//! holds few balances spread them over megabytes, and each lookup waited for memory: at 10,000
-//! accounts the lookups took 9.4% of the engine's time against 4.0% with an index grown to fit
-//! (docs/BENCHMARKS.md). A generation that replaces a full one takes over the index the older
-//! one grew, so a cache that turns generations over does not grow (and rehash) each one again.
+//! with what it holds, up to the size its limits need (while it doubles, the old table lives until
+//! the new one is filled: for that moment the index takes half as much again). Sized up front,
+//! the index of a cache that holds few balances spread them over megabytes, and each lookup
+//! waited for memory: at 10,000 accounts the lookups were 9.4% of the engine's profile samples
+//! against 4.0% with an index grown to fit (docs/BENCHMARKS.md). A generation that replaces a
+//! full one takes over the index the older one grew, so a cache that turns generations over does
+//! not grow (and rehash) each one again.
 //!
 //! What decides the hit rate is how many balances a budget holds: with a million accounts over
 //! twelve partitions a miss reads RocksDB, and a 32 MiB cache answered 30% of the reads
