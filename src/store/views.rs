@@ -95,14 +95,14 @@ impl CommittedViews {
             // A commit sent again, or one of state older than what is kept: nothing newer to see.
             return;
         }
-        if view.next_offset <= group_committed {
-            self.acknowledged = Some(Arc::new(view));
+        let view = Arc::new(view);
+        if self.offer(&view, group_committed) {
             return;
         }
         if self.pending.len() == MAX_PENDING {
             self.pending.pop_front();
         }
-        self.pending.push_back(Arc::new(view));
+        self.pending.push_back(view);
     }
 
     /// The group acknowledged `next_offset`: the newest view at or below it becomes the one
@@ -122,15 +122,17 @@ impl CommittedViews {
         self.acknowledged.clone()
     }
 
-    /// A read found no acknowledged view and took `view` of the newest state: it becomes the
-    /// acknowledged view if the group has its offset (`group_committed` is at or beyond it: a
-    /// partition idle since its last commit was answered), so that the next reads need not wait
-    /// for a commit in flight.
-    pub fn offer(&mut self, view: &Arc<View>, group_committed: i64) {
+    /// Makes `view` the acknowledged view if the group has its offset (`group_committed` is at or
+    /// beyond it) and it is newer than the one kept; returns whether it did. A read that found no
+    /// acknowledged view offers the view it took of the newest state (a partition idle since its
+    /// last commit was answered), so that the next reads need not wait for a commit in flight.
+    pub fn offer(&mut self, view: &Arc<View>, group_committed: i64) -> bool {
         let newer = self.acknowledged.as_ref().is_none_or(|kept| view.next_offset > kept.next_offset);
-        if newer && view.next_offset <= group_committed {
+        let taken = newer && view.next_offset <= group_committed;
+        if taken {
             self.acknowledged = Some(Arc::clone(view));
         }
+        taken
     }
 }
 
