@@ -12,6 +12,10 @@
 # BENCH_PROFILE=dev measures the test build (dependencies optimised, ledgerd's own code not)
 # instead of the release build; the default is release. BENCH_KEEP=1 keeps the work directory.
 # BENCH_EXTRA_TOML is appended to ledgerd's generated config (tables after [log]).
+# BENCH_KAFKA_PROPERTIES ("KEY=VALUE ...") sets librdkafka properties for ledgerd (its
+# [kafka.properties], so BENCH_EXTRA_TOML must not have that table too) and for the bare consumer
+# alike: the bare consumer always runs with ledgerd's client settings. fetch.wait.max.ms=10 sees
+# past tansu's memory engine, whose pace follows that setting (docs/BENCHMARKS.md, forty-third session).
 # SNAPSHOT_INTERVAL sets ledgerd's snapshot.interval (unset: ledgerd's default), e.g. 1h to measure
 # a catch-up without snapshot rounds.
 set -euo pipefail
@@ -46,9 +50,18 @@ print(broker, idle)
 PY
 }
 
+DRAIN_ARGS=()
+PROPERTIES_TOML=""
+for property in ${BENCH_KAFKA_PROPERTIES:-}; do
+    [[ "$property" == *=* ]] || { echo "BENCH_KAFKA_PROPERTIES: $property is not KEY=VALUE" >&2; exit 2; }
+    DRAIN_ARGS+=(--property "$property")
+    PROPERTIES_TOML+="\"${property%%=*}\" = \"${property#*=}\""$'\n'
+done
+if [[ -n "$PROPERTIES_TOML" ]]; then PROPERTIES_TOML=$'[kafka.properties]\n'"$PROPERTIES_TOML"; fi
+
 echo "bare consumer drain (1/2) ..."
 cpu_mark
-"$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain1.json"
+"$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" "${DRAIN_ARGS[@]}" >"$WORK/drain1.json"
 cpu_mark
 
 HTTP_PORT="$(free_port)"
@@ -69,7 +82,7 @@ listen = "127.0.0.1:$HTTP_PORT"
 filter = "warn"
 TOML
 # BENCH_EXTRA_TOML: more settings for ledgerd, e.g. a [kafka.properties] table to try a librdkafka knob.
-printf '%s\n' "${BENCH_EXTRA_TOML:-}" >>"$WORK/ledgerd.toml"
+printf '%s\n' "${BENCH_EXTRA_TOML:-}" "$PROPERTIES_TOML" >>"$WORK/ledgerd.toml"
 echo "ledgerd catch-up ..."
 cpu_mark
 "$BIN/ledgerd" run --config "$WORK/ledgerd.toml" 2>"$WORK/ledgerd.log" &
@@ -114,11 +127,11 @@ wait "$LEDGERD_PID"
 
 echo "bare consumer drain (2/2) ..."
 cpu_mark
-"$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" >"$WORK/drain2.json"
+"$BIN/ledgerd-bench" drain --brokers "$BROKERS" --topic "$TOPIC" --partitions "$PARTITIONS" "${DRAIN_ARGS[@]}" >"$WORK/drain2.json"
 cpu_mark
 
 python3 - "$WORK" "$PEAK_RSS_KB" "$PROFILE" "$PEAK_RSS_WITH_CHECK_KB" <<'PY'
-import json, sys
+import json, os, sys
 work, rss_kb, rss_with_check_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 produce, d1, d2, watch, verify = load("produce"), load("drain1"), load("drain2"), load("watch"), load("verify")
@@ -128,6 +141,8 @@ cpu = cpu_read["seconds"]
 events = produce["produced"]
 print()
 print(f"build profile: {sys.argv[3]}")
+properties = os.environ.get("BENCH_KAFKA_PROPERTIES") or "ledgerd's defaults"
+print(f"librdkafka properties (ledgerd and the bare consumer): {properties}")
 print(f"records: {events} ({produce['applied']} applied, {produce['duplicates']} duplicates, "
       f"{produce['dead_letters']} dead letters) over {produce['accounts']} accounts; "
       f"produced in {produce['seconds']:.1f}s")

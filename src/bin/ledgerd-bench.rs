@@ -15,7 +15,7 @@
 //! Each prints one JSON line of results on stdout.
 
 use clap::{Parser, Subcommand};
-use ledgerd::config::{ByteSize, CheckpointConfig, StateConfig};
+use ledgerd::config::{ByteSize, CheckpointConfig, KafkaConfig, StateConfig};
 use ledgerd::loadgen::{self, Shape};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -83,6 +83,10 @@ enum Command {
     Drain {
         #[command(flatten)]
         target: TopicArgs,
+        /// A librdkafka property, KEY=VALUE (repeatable), as ledgerd's `kafka.properties` would set
+        /// it: give both the same.
+        #[arg(long = "property", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
     },
     Watch {
         /// ledgerd's base URL, e.g. http://127.0.0.1:8080
@@ -200,7 +204,7 @@ fn main() -> anyhow::Result<()> {
             };
             produce(&target, seed, &shape, &expected)
         }
-        Command::Drain { target } => drain(&target),
+        Command::Drain { target, properties } => drain(&target, &properties),
         Command::Watch { url, total, timeout_secs, pid } => watch(&url, total, Duration::from_secs(timeout_secs), pid),
         Command::Verify { url, expected } => verify(&url, &expected),
         Command::Engine {
@@ -287,14 +291,22 @@ fn produce(target: &TopicArgs, seed: u64, shape: &Shape, expected: &PathBuf) -> 
 
 /// A bare consumer: assign every partition from the beginning (no group), read to partition EOF,
 /// touch each payload's length and nothing else.
-fn drain(target: &TopicArgs) -> anyhow::Result<()> {
+///
+/// Its client settings are the ones ledgerd's own consumers get from the same `kafka.properties`
+/// (`properties`). tansu's memory engine answers at a pace set by the client's
+/// `fetch.wait.max.ms` even when it has records (115k records/s at librdkafka's default, 1.2M at
+/// 10 ms), so with different settings the ratio compared two fetch settings, not ledgerd's work
+/// (docs/BENCHMARKS.md, forty-third session).
+fn drain(target: &TopicArgs, properties: &[(String, String)]) -> anyhow::Result<()> {
     let (brokers, topic, partitions) = (target.brokers.as_str(), target.topic.as_str(), target.partitions);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "ledgerd-bench-bare")
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let kafka = KafkaConfig {
+        bootstrap_servers: brokers.to_owned(),
+        group_id: "ledgerd-bench-bare".to_owned(),
+        properties: properties.iter().cloned().collect(),
+        ..KafkaConfig::default()
+    };
+    let consumer: BaseConsumer =
+        ledgerd::kafka::non_member_client_config(&kafka).set("enable.partition.eof", "true").create()?;
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -328,6 +340,11 @@ fn drain(target: &TopicArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// User + system CPU this process has used (fields 14 and 15 of /proc/self/stat, in clock ticks).
