@@ -61,10 +61,21 @@ pub fn producer_client_config(config: &KafkaConfig) -> ClientConfig {
 /// `kafka.properties` wins.
 const FETCH_WAIT_MAX_MS: &str = "100";
 
+/// How long librdkafka postpones a partition's next fetch once its queue of fetched records is
+/// over `queued.min.messages` or `queued.max.messages.kbytes` (librdkafka's default: 1000 ms).
+/// A catch-up from a broker that answers faster than ledgerd applies fills those queues, and with
+/// the default the fetcher then slept a whole second while ledgerd emptied them in less and
+/// waited: against a broker serving 1.3M records/s, ledgerd caught up at 153k records/s with the
+/// machine mostly idle, and at 419k–456k with 20–100 ms (docs/BENCHMARKS.md, forty-third
+/// session). A postponed fetch costs nothing but the check. A `fetch.queue.backoff.ms` in
+/// `kafka.properties` wins.
+const FETCH_QUEUE_BACKOFF_MS: &str = "100";
+
 /// [`client_config`] for a consumer that reads partitions to their end.
 fn end_reading_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = client_config(config);
     set_unless_configured(&mut client, config, "fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+    set_unless_configured(&mut client, config, "fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     client
 }
 
@@ -211,6 +222,21 @@ mod tests {
         assert_eq!(client.get("enable.idempotence"), Some("false"));
         assert_eq!(client.get("acks"), Some("all"));
         assert_eq!(client.get("client.id"), Some("kept"));
+    }
+
+    #[test]
+    fn consumers_reading_to_the_end_fetch_again_soon_unless_the_properties_say_otherwise() {
+        let mut config = KafkaConfig::default();
+        for client in [group_client_config(&config), non_member_client_config(&config)] {
+            assert_eq!(client.get("fetch.wait.max.ms"), Some(FETCH_WAIT_MAX_MS));
+            assert_eq!(client.get("fetch.queue.backoff.ms"), Some(FETCH_QUEUE_BACKOFF_MS));
+        }
+        config.properties.insert("fetch.queue.backoff.ms".into(), "1000".into());
+        config.properties.insert("fetch.wait.max.ms".into(), "500".into());
+        for client in [group_client_config(&config), non_member_client_config(&config)] {
+            assert_eq!(client.get("fetch.wait.max.ms"), Some("500"));
+            assert_eq!(client.get("fetch.queue.backoff.ms"), Some("1000"));
+        }
     }
 
     #[test]
