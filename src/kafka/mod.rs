@@ -65,10 +65,10 @@ const FETCH_WAIT_MAX_MS: &str = "100";
 /// over `queued.min.messages` or `queued.max.messages.kbytes` (librdkafka's default: 1000 ms).
 /// A catch-up from a broker that answers faster than ledgerd applies fills those queues, and with
 /// the default the fetcher then slept a whole second while ledgerd emptied them in less and
-/// waited: against a broker serving 1.3M records/s, ledgerd caught up at 153k records/s with the
-/// machine mostly idle, and at 419k–456k with 20–100 ms (docs/BENCHMARKS.md, forty-third
-/// session). A postponed fetch costs nothing but the check. A `fetch.queue.backoff.ms` in
-/// `kafka.properties` wins.
+/// waited: against a broker serving 1.2M–1.3M records/s, ledgerd caught up at 134k–153k
+/// records/s with the machine mostly idle, and at 398k–468k with 100 ms (docs/BENCHMARKS.md,
+/// forty-third session). The queues' bounds stay as they are; a postponed fetch costs only the
+/// check. A `fetch.queue.backoff.ms` in `kafka.properties` wins.
 const FETCH_QUEUE_BACKOFF_MS: &str = "100";
 
 /// [`client_config`] for a consumer that reads partitions to their end.
