@@ -24,6 +24,24 @@ free_port() {
 }
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
+# kafka_properties: BENCH_KAFKA_PROPERTIES ("KEY=VALUE ...", librdkafka properties) as lines for
+# ledgerd's [kafka.properties] table in KAFKA_PROPERTIES_TOML, and as `ledgerd-bench drain`
+# arguments in DRAIN_ARGS, so ledgerd and the bare consumer get the same.
+kafka_properties() {
+    local property properties
+    KAFKA_PROPERTIES_TOML=""
+    DRAIN_ARGS=()
+    read -ra properties <<<"${BENCH_KAFKA_PROPERTIES:-}"
+    for property in "${properties[@]}"; do
+        if [[ "$property" != *=* ]]; then
+            echo "BENCH_KAFKA_PROPERTIES: $property is not KEY=VALUE (e.g. fetch.wait.max.ms=10)" >&2
+            exit 2
+        fi
+        KAFKA_PROPERTIES_TOML+="\"${property%%=*}\" = \"${property#*=}\""$'\n'
+        DRAIN_ARGS+=(--property "$property")
+    done
+}
+
 # Sum of a metric's series at a ledgerd URL, as an integer (awk would print large sums as 1e+07).
 metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%d\n", s}'; }
 

@@ -26,8 +26,9 @@
 # (default 10000, see below);
 # BENCH_DEAD_LETTERS=0 generates no malformed or conflicting records (at 2M records tansu answered
 # the dead-letter producer so slowly that its messages timed out and checkpoints stalled);
-# BENCH_KAFKA_PROPERTIES: more lines for both processes' [kafka.properties] table, to try a
-# librdkafka knob; BENCH_PROFILE=dev, BENCH_BIN=DIR, BENCH_KEEP=1.
+# BENCH_KAFKA_PROPERTIES ("KEY=VALUE ...", as in bench.sh; before the forty-third session TOML
+# lines) adds librdkafka properties to both processes' [kafka.properties], to try a knob;
+# BENCH_PROFILE=dev, BENCH_BIN=DIR, BENCH_KEEP=1.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -49,6 +50,7 @@ produce_history "$PARTITIONS"
 # (librdkafka's cgrp debug log of such a run). A restart into the old group (RESTART_GROUP=same)
 # waits this long for the dead member.
 SESSION_TIMEOUT_MS="${SESSION_TIMEOUT_MS:-10000}"
+kafka_properties
 PORT="$(free_port)"
 URL="http://127.0.0.1:$PORT"
 cat >"$WORK/ledgerd.toml" <<TOML
@@ -60,7 +62,7 @@ input_topic = "$TOPIC"
 dlq_topic = "$TOPIC-dlq"
 [kafka.properties]
 "session.timeout.ms" = "$SESSION_TIMEOUT_MS"
-${BENCH_KAFKA_PROPERTIES:-}
+$KAFKA_PROPERTIES_TOML
 [snapshot]
 topic = "$TOPIC-snapshots"
 [routing]

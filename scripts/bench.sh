@@ -50,14 +50,9 @@ print(broker, idle)
 PY
 }
 
-DRAIN_ARGS=()
+kafka_properties
 PROPERTIES_TOML=""
-for property in ${BENCH_KAFKA_PROPERTIES:-}; do
-    [[ "$property" == *=* ]] || { echo "BENCH_KAFKA_PROPERTIES: $property is not KEY=VALUE" >&2; exit 2; }
-    DRAIN_ARGS+=(--property "$property")
-    PROPERTIES_TOML+="\"${property%%=*}\" = \"${property#*=}\""$'\n'
-done
-if [[ -n "$PROPERTIES_TOML" ]]; then PROPERTIES_TOML=$'[kafka.properties]\n'"$PROPERTIES_TOML"; fi
+if [[ -n "$KAFKA_PROPERTIES_TOML" ]]; then PROPERTIES_TOML=$'[kafka.properties]\n'"$KAFKA_PROPERTIES_TOML"; fi
 
 echo "bare consumer drain (1/2) ..."
 cpu_mark
