@@ -76,7 +76,8 @@ listen = "127.0.0.1:$HTTP_PORT"
 [log]
 filter = "warn"
 TOML
-# BENCH_EXTRA_TOML: more settings for ledgerd, e.g. a [kafka.properties] table to try a librdkafka knob.
+# BENCH_EXTRA_TOML: more settings for ledgerd; librdkafka knobs go in BENCH_KAFKA_PROPERTIES, which
+# the bare consumer gets too.
 printf '%s\n' "${BENCH_EXTRA_TOML:-}" "$PROPERTIES_TOML" >>"$WORK/ledgerd.toml"
 echo "ledgerd catch-up ..."
 cpu_mark
