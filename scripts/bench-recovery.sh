@@ -8,7 +8,7 @@
 #   3. reported: seconds from the kill until the new process answers HTTP and until it processes
 #      its first record, and how many records it processed a second time, against the bound
 #      the checkpoint settings give (checkpoint.max_records per partition, twice that while dead
-#      letters are pending), and the peak RSS of each process: the killed one's just before the
+#      letters are pending or a checkpoint's write is in flight), and the peak RSS of each process: the killed one's just before the
 #      kill, the restarted one's once caught up and again after step 4 (a restart replays the
 #      write-ahead logs of every partition at once);
 #   4. every balance is verified against the generator's expectation after the restarted process
@@ -118,7 +118,7 @@ print(f"| kill → restarted process answers HTTP | {r['seconds_to_http']:.2f} s
 print(f"| kill → restarted process processes again | {r['seconds_to_processing']:.2f} s |")
 print(f"| restarted from (checkpoint, all partitions) | {r['resumed_from']:,} |")
 print(f"| records processed twice | {r['reread_records']:,} (bound: {partitions} partitions × max_records {max_records:,} = "
-      f"{partitions * max_records:,}, twice that while dead letters are pending) |")
+      f"{partitions * max_records:,}, twice that while dead letters are pending or a write is in flight) |")
 print(f"| peak RSS: killed process, just before the kill | {r['peak_rss_kib_before_kill'] / 1024:.0f} MiB |")
 print(f"| peak RSS: restarted process, caught up | {r['peak_rss_kib_restarted'] / 1024:.0f} MiB "
       f"({rss_with_check_kb / 1024:.0f} MiB including the balance check) |")

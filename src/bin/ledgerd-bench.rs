@@ -128,6 +128,10 @@ enum Command {
         /// state.balance_cache_size in MiB (ledgerd's default, shared the same way).
         #[arg(long, default_value_t = 96)]
         balance_cache_mib: u64,
+        /// Write checkpoints on a thread of their own, as `ledgerd run` does (two cores at most);
+        /// without it everything runs on one core, the measure of the engine's ceiling.
+        #[arg(long)]
+        writer_thread: bool,
         /// state.write_buffer_size in MiB (ledgerd's default, shared the same way).
         #[arg(long, default_value_t = 64)]
         write_buffer_mib: u64,
@@ -216,6 +220,7 @@ fn main() -> anyhow::Result<()> {
             block_cache_mib,
             balance_cache_mib,
             write_buffer_mib,
+            writer_thread,
         } => {
             let recent_events = loadgen::recent_events(ledgerd::loadgen::engine::DEDUPE_WINDOW.as_secs(), 1);
             let state = StateConfig {
@@ -225,7 +230,8 @@ fn main() -> anyhow::Result<()> {
                 write_buffer_size: ByteSize(write_buffer_mib << 20),
                 ..StateConfig::default()
             };
-            engine(&Shape { events, accounts, recent_events, ..Shape::default() }, checkpoint_every, passes, &state)
+            let shape = Shape { events, accounts, recent_events, ..Shape::default() };
+            engine(&shape, checkpoint_every, passes, &state, writer_thread)
         }
         Command::Targets { url, instance, expected, local, forwarded } => {
             targets(&url, &instance, &expected, &local, &forwarded)
@@ -477,7 +483,13 @@ fn targets(url: &str, instance: &str, expected: &PathBuf, local: &PathBuf, forwa
 /// consumer thread does, on this one thread. Each pass starts from an empty state directory, so
 /// every pass does the same work (a second pass over the same records would only find
 /// duplicates). After the last pass every balance is compared with the generator's expectation.
-fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConfig) -> anyhow::Result<()> {
+fn engine(
+    shape: &Shape,
+    checkpoint_every: u64,
+    passes: usize,
+    state: &StateConfig,
+    writer_thread: bool,
+) -> anyhow::Result<()> {
     use ledgerd::input::{self, InputFormat};
     use ledgerd::loadgen::engine::Engine;
 
@@ -506,6 +518,9 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConf
         let state_dir = state.dir.join(format!("pass-{}-{pass}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
         let mut engine = Engine::open(&StateConfig { dir: state_dir.clone(), ..state.clone() }, &metrics)?;
+        if writer_thread {
+            engine = engine.with_writer_thread();
+        }
         let (started, cpu_before) = (Instant::now(), own_cpu_seconds()?);
         let checkpointing = engine.run(&work.records, checkpoint_every)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -540,6 +555,7 @@ fn engine(shape: &Shape, checkpoint_every: u64, passes: usize, state: &StateConf
         "{}",
         serde_json::json!({
             "records": work.records.len(), "accounts": work.expected.len(), "passes": pass_seconds.len(),
+            "writer_thread": writer_thread,
             "decode_records_per_second_median": records / decode,
             "engine_records_per_second_median": records / pass,
             "engine_records_per_second_best": records / best,

@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Upper bound on one `poll()` wait, so shutdown and checkpoint deadlines are noticed promptly.
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
-/// The poll wait while partitions are being prepared: short, so a prepared partition starts
-/// consuming within it (a restart measured up to a whole `MAX_POLL_WAIT` there otherwise).
-const PREPARING_POLL_WAIT: Duration = Duration::from_millis(5);
+/// The poll wait while partitions are being prepared or checkpoints written: short, so a prepared
+/// partition starts consuming within it (a restart measured up to a whole `MAX_POLL_WAIT` there
+/// otherwise), and a written checkpoint is taken up within it at the end of a catch-up.
+const SHORT_POLL_WAIT: Duration = Duration::from_millis(5);
 /// How often, at most, the loop scans partitions for interval-driven checkpoints while busy.
 const CHECKPOINT_SCAN_EVERY: Duration = Duration::from_millis(10);
 /// How long one look-up of the input topic before joining may block: short, so shutdown is not held.
@@ -97,8 +98,9 @@ pub fn run(parts: ConsumerParts) -> Result<(), ConsumerError> {
         while let Ok(prepared) = prepared_rx.try_recv() {
             shared.start_consuming(&consumer, prepared);
         }
-        // A partition prepared meanwhile starts consuming only once the poll returns.
-        let wait = if shared.preparing() { PREPARING_POLL_WAIT } else { MAX_POLL_WAIT };
+        // A partition prepared meanwhile starts consuming only once the poll returns, and a
+        // checkpoint written meanwhile counts (and goes to the group) only at the scan after it.
+        let wait = if shared.preparing() || shared.writing() { SHORT_POLL_WAIT } else { MAX_POLL_WAIT };
         match consumer.poll(wait) {
             Some(Ok(message)) => {
                 poll_error_backoff = Duration::ZERO;

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::partition::PartitionState;
 use crate::registry::{PartitionHandle, PartitionRegistry};
-use crate::store::StoreEnv;
+use crate::store::{CheckpointWriter, StoreEnv};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -139,6 +139,8 @@ pub(super) struct Shared {
     pub committed: Arc<CommittedOffsets>,
     /// Local states opened while the group join is in flight, for their partitions' preparation.
     pub early: Arc<EarlyStates>,
+    /// Writes the checkpoints the routine scan seals while the consumer thread applies on.
+    writer: CheckpointWriter,
     /// Locked by the poll loop per record and by callbacks inside `poll()`; both on the same
     /// thread, never across a `poll()`, so it is never contended.
     owned: Mutex<BTreeMap<i32, Owned>>,
@@ -177,6 +179,7 @@ impl Shared {
             shutdown,
             committed,
             early,
+            writer: CheckpointWriter::start(),
             owned: Mutex::default(),
             pending: Mutex::default(),
             pending_count: AtomicUsize::new(0),
@@ -193,6 +196,11 @@ impl Shared {
 
     fn pending(&self) -> MutexGuard<'_, BTreeMap<i32, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a checkpoint write is in flight: its partition's next scan takes the answer.
+    pub fn writing(&self) -> bool {
+        self.writer.busy()
     }
 
     /// Whether an assigned partition is still being prepared.
@@ -220,12 +228,36 @@ impl Shared {
     /// Advances the partition's checkpoint: writes the sealed batch once its dead letters are
     /// acknowledged, then, when `seal` is set, seals the work since and writes that too if its
     /// letters are acknowledged as well. Returns the newest checkpointed next offset written here.
+    ///
+    /// With [`LetterWait::Poll`] (the routine scan) the write goes to the checkpoint writer's
+    /// thread and this returns at once; a later scan takes its answer, and returns its offset,
+    /// before anything new is sealed. With [`LetterWait::Block`] the write is done, or the one in
+    /// flight waited for, before this returns.
     pub fn checkpoint(&self, owned: &mut Owned, seal: bool, wait: LetterWait) -> Option<i64> {
         let mut written = None;
         let mut seal = seal;
         let started = Instant::now();
         loop {
             if owned.state.has_sealed() {
+                if wait == LetterWait::Poll && owned.state.write_in_flight() {
+                    // The next batch is sealed at a later scan, once the caller has kept the view
+                    // of this checkpoint for its commit.
+                    return match owned.state.poll_sealed_write() {
+                        None => written,
+                        Some(Ok(next)) => {
+                            self.after_write(owned);
+                            Some(next)
+                        }
+                        Some(Err(e)) => {
+                            self.metrics.handled_error(
+                                ErrorKind::CheckpointWrite,
+                                &format_args!("partition {}: {e}", owned.state.partition()),
+                            );
+                            // Written again here, with the backoff of any other failed write.
+                            self.commit_sealed(owned)
+                        }
+                    };
+                }
                 let pending = match wait {
                     LetterWait::Poll => self.dead_letters.poll(&mut owned.sealed_letters),
                     LetterWait::Block => self.dead_letters.wait(&mut owned.sealed_letters, Duration::from_millis(100)),
@@ -236,6 +268,15 @@ impl Shared {
                         return written;
                     }
                     continue;
+                }
+                if wait == LetterWait::Poll {
+                    match owned.state.submit_sealed(&self.writer) {
+                        Ok(()) => return written,
+                        Err(e) => self.metrics.handled_error(
+                            ErrorKind::CheckpointWrite,
+                            &format_args!("partition {}: {e}", owned.state.partition()),
+                        ),
+                    }
                 }
                 match self.commit_sealed(owned) {
                     Some(next) => written = Some(next),
@@ -250,6 +291,14 @@ impl Shared {
         }
     }
 
+    /// After a checkpoint became durable: keeps the memtables within their shared budget.
+    fn after_write(&self, owned: &Owned) {
+        if let Err(e) = owned.state.store().flush_largest_memtables_over_budget() {
+            self.metrics
+                .handled_error(ErrorKind::MemtableFlush, &format_args!("partition {}: {e}", owned.state.partition()));
+        }
+    }
+
     /// Writes the sealed batch, retrying a failing write with backoff (None: shutting down).
     fn commit_sealed(&self, owned: &mut Owned) -> Option<i64> {
         let mut backoff = Duration::from_millis(100);
@@ -257,12 +306,7 @@ impl Shared {
             match owned.state.commit_sealed() {
                 Ok(next) => {
                     if next.is_some() {
-                        if let Err(e) = owned.state.store().flush_largest_memtables_over_budget() {
-                            self.metrics.handled_error(
-                                ErrorKind::MemtableFlush,
-                                &format_args!("partition {}: {e}", owned.state.partition()),
-                            );
-                        }
+                        self.after_write(owned);
                     }
                     return next;
                 }

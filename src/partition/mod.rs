@@ -14,7 +14,7 @@ mod overlay;
 use crate::ledger::event::MAX_ID_LEN;
 use crate::ledger::{self, BorrowedHistoryEntry, Effect, HistoryOutcome, Rejection, TransactionEvent};
 use crate::metrics::PartitionMetrics;
-use crate::store::{PartitionStore, StoreError};
+use crate::store::{CheckpointWriter, PartitionStore, StoreError, WriteInFlight};
 use overlay::{Overlay, View};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +40,15 @@ struct Sealed {
     sealed_at: Instant,
     /// The history floor this batch's work requires (see `history_floor`).
     history_floor: i64,
+    /// The batch's write, while the checkpoint writer's thread has it.
+    in_flight: Option<InFlight>,
+}
+
+/// A sealed batch's write in flight.
+struct InFlight {
+    write: WriteInFlight,
+    /// The batch drops the restore skips (the partition read past all of them).
+    skips_done: bool,
 }
 
 /// The working state of one partition.
@@ -284,6 +293,7 @@ impl PartitionState {
             records: self.records_since_checkpoint,
             sealed_at: Instant::now(),
             history_floor: std::mem::replace(&mut self.history_floor, i64::MIN),
+            in_flight: None,
         });
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -292,17 +302,83 @@ impl PartitionState {
 
     /// Writes the sealed batch, the forgotten ids and its next offset as one synced batch. The
     /// caller must have confirmed every dead letter below that offset first. Returns the
-    /// checkpointed next offset, or `None` when nothing was sealed.
+    /// checkpointed next offset, or `None` when nothing was sealed. A write already handed to the
+    /// checkpoint writer is waited for instead; if it failed, the error is returned and the batch
+    /// stays sealed, so the next call writes it here.
     pub fn commit_sealed(&mut self) -> Result<Option<i64>, StoreError> {
-        let Some(sealed) = &self.sealed else { return Ok(None) };
+        let Some(sealed) = &mut self.sealed else { return Ok(None) };
+        if let Some(InFlight { write, skips_done }) = sealed.in_flight.take() {
+            write.wait()?;
+            return Ok(Some(self.finish_sealed(skips_done)));
+        }
+        let sealed = self.sealed.as_ref().expect("checked above");
+        let skips_done = self.skips_done_by(sealed.next_offset);
         let mut batch = self.store.begin();
         sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
-        let skips_done = !self.restore_skips.is_empty() && sealed.next_offset >= self.restore_skips_until;
         if skips_done {
             batch.clear_restore_skips();
         }
         batch.commit_with_floor(sealed.next_offset, sealed.watermark_micros, sealed.history_floor)?;
-        let sealed = self.sealed.take().expect("checked above");
+        Ok(Some(self.finish_sealed(skips_done)))
+    }
+
+    /// Like [`PartitionState::commit_sealed`], but hands the write to `writer` and returns at
+    /// once: processing goes on while RocksDB writes, and reads still see the sealed batch until
+    /// [`PartitionState::poll_sealed_write`] finds it durable. Does nothing when nothing is sealed
+    /// or its write is in flight already.
+    pub fn submit_sealed(&mut self, writer: &CheckpointWriter) -> Result<(), StoreError> {
+        let Some(sealed) = &self.sealed else { return Ok(()) };
+        if sealed.in_flight.is_some() {
+            return Ok(());
+        }
+        let skips_done = self.skips_done_by(sealed.next_offset);
+        let mut batch = self.store.begin();
+        sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
+        if skips_done {
+            batch.clear_restore_skips();
+        }
+        let write = batch.submit_with_floor(
+            sealed.next_offset,
+            sealed.watermark_micros,
+            sealed.history_floor,
+            &self.store,
+            writer,
+        )?;
+        if let Some(sealed) = &mut self.sealed {
+            sealed.in_flight = Some(InFlight { write, skips_done });
+        }
+        Ok(())
+    }
+
+    /// Whether the sealed batch's write is with the checkpoint writer.
+    pub fn write_in_flight(&self) -> bool {
+        self.sealed.as_ref().is_some_and(|s| s.in_flight.is_some())
+    }
+
+    /// The answer to the write in flight, if it came: the checkpointed next offset, or the error
+    /// (the batch then stays sealed for [`PartitionState::commit_sealed`] to write again).
+    /// `None` while the write goes on or when none is in flight.
+    pub fn poll_sealed_write(&mut self) -> Option<Result<i64, StoreError>> {
+        let sealed = self.sealed.as_mut()?;
+        let InFlight { write, skips_done } = sealed.in_flight.take()?;
+        match write.poll() {
+            Ok(Ok(())) => Some(Ok(self.finish_sealed(skips_done))),
+            Ok(Err(e)) => Some(Err(e)),
+            Err(write) => {
+                sealed.in_flight = Some(InFlight { write, skips_done });
+                None
+            }
+        }
+    }
+
+    /// Whether a checkpoint with next offset `next_offset` has read past every restore skip.
+    fn skips_done_by(&self, next_offset: i64) -> bool {
+        !self.restore_skips.is_empty() && next_offset >= self.restore_skips_until
+    }
+
+    /// Once the sealed batch is durable: it becomes the checkpoint. Returns its next offset.
+    fn finish_sealed(&mut self, skips_done: bool) -> i64 {
+        let sealed = self.sealed.take().expect("a sealed batch was written");
         // Only once durable: after a crash the partition re-reads from the checkpoint with its
         // watermark, and must find every transaction that watermark still remembers.
         self.store.raise_dedupe_horizon(dedupe_horizon(sealed.watermark_micros, self.dedupe_window_micros));
@@ -315,7 +391,7 @@ impl PartitionState {
         self.metrics.checkpoint_records.observe(sealed.records as f64);
         self.metrics.checkpointed_offset.set(sealed.next_offset);
         self.checkpointed_offset = sealed.next_offset;
-        Ok(Some(sealed.next_offset))
+        sealed.next_offset
     }
 
     /// Seals and writes everything processed so far (for callers with no dead letters to wait for).
@@ -457,6 +533,70 @@ mod tests {
         state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
         assert_eq!(state.checkpoint().unwrap(), Some(3));
         assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
+    }
+
+    /// Polls the write in flight until it answers.
+    fn answer_of_write(state: &mut PartitionState) -> i64 {
+        loop {
+            match state.poll_sealed_write() {
+                Some(answer) => return answer.unwrap(),
+                None => {
+                    assert!(state.write_in_flight(), "a write is in flight until it answers");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_on_the_writer_thread_counts_only_once_answered_and_processing_goes_on_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::store::test_env(dir.path());
+        let writer = CheckpointWriter::start();
+        {
+            let mut state = open(&env);
+            state.process(0, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap();
+            assert!(state.seal());
+            state.submit_sealed(&writer).unwrap();
+            assert!(state.has_sealed() && state.write_in_flight());
+            // Submitting again does not write the batch twice.
+            state.submit_sealed(&writer).unwrap();
+            // Reads see the sealed batch whether or not its write is done.
+            assert_eq!(
+                state.process(1, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap(),
+                Disposition::Duplicate
+            );
+            state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
+            assert!(!state.seal(), "the next batch waits for the write");
+            assert_eq!(state.checkpointed_offset(), 0, "not a checkpoint until answered");
+            assert_eq!(answer_of_write(&mut state), 1);
+            assert_eq!(state.checkpointed_offset(), 1);
+            assert!(!state.has_sealed() && !state.write_in_flight() && state.poll_sealed_write().is_none());
+            assert_eq!(usd_balance(&state).as_deref(), Some("5000.00"), "only the sealed batch is written");
+            // `commit_sealed` waits for a write in flight instead of writing the batch again.
+            assert!(state.seal());
+            state.submit_sealed(&writer).unwrap();
+            assert_eq!(state.commit_sealed().unwrap(), Some(3));
+            assert!(!state.write_in_flight() && state.commit_sealed().unwrap().is_none());
+            assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
+            // A state dropped with its write in flight waits for it: reopened at once, it finds
+            // the write done and its database free.
+            state.process(3, Some(b"6ad87cf1"), &seed("p2", "-1.00", "2024-03-12T00:00:00")).unwrap();
+            assert!(state.seal());
+            state.submit_sealed(&writer).unwrap();
+        }
+        let mut state = open(&env);
+        assert_eq!(state.next_offset(), 4);
+        assert_eq!(usd_balance(&state).as_deref(), Some("3700.00"));
+        assert_eq!(
+            state.process(4, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap(),
+            Disposition::Duplicate
+        );
+        // A writer stopped with a write queued writes it first.
+        assert!(state.seal());
+        state.submit_sealed(&writer).unwrap();
+        drop(writer);
+        assert_eq!(answer_of_write(&mut state), 5);
     }
 
     #[test]

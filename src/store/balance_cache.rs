@@ -9,8 +9,11 @@
 //! durable returned, or after it was read from RocksDB. Every opened [`PartitionStore`] (and every
 //! one whose write failed) gets an owner number the process never hands out again, and entries
 //! are keyed by it, so a state reopened, replaced or restored anew can never read an earlier
-//! state's balances. A partition's reads and writes come from the one thread that owns it at the
-//! time (the consumer, or the restore before it), so no read can put back a value a write replaced.
+//! state's balances. A partition's reads come from the one thread that owns it at the time (the
+//! consumer, or the restore before it), and so do its writes, or the checkpoint writer's thread
+//! writes them for it (`writer`). Either way no read can put back a value a write replaced: a
+//! balance being written is in the partition's sealed batch, where its reads find it, until the
+//! write has answered, after the cache has the new value.
 //!
 //! One cache serves every partition of the process, bounded by `state.balance_cache_size`. It
 //! keeps two generations of fixed capacity: entries go into the current one; when it is full, the
@@ -42,6 +45,9 @@ use hashbrown::HashTable;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Balances [`BalanceCache::put_in_slots`] puts per taking of the lock.
+const PUT_CHUNK: usize = 256;
 
 /// Account id bytes a generation is sized for before any generation has filled.
 const ASSUMED_ID_BYTES: usize = 16;
@@ -176,21 +182,27 @@ impl BalanceCache {
     }
 
     /// Records balances that `owner`'s database now holds, each with the slot a lookup of it
-    /// returned, if any.
+    /// returned, if any. The checkpoint writer's thread puts a checkpoint's balances while the
+    /// consumer thread reads others, so the lock is taken for [`PUT_CHUNK`] balances at a time:
+    /// with a million accounts a checkpoint puts about one balance per record, and a read waited
+    /// for the whole batch (tens of thousands of cold entries) otherwise.
     pub(super) fn put_in_slots<'a>(
         &self,
         owner: u32,
         balances: impl IntoIterator<Item = (&'a str, Currency, Amount, Option<CacheSlot>)>,
     ) {
-        let mut generations = self.lock();
-        for (account, currency, amount, slot) in balances {
-            match slot.and_then(|slot| generations.entry_in(slot, owner)) {
-                Some(entry) => {
-                    debug_assert!(generations.current.entries[entry].id.of(&generations.current.ids) == account);
-                    debug_assert!(generations.current.entries[entry].currency == currency);
-                    generations.current.entries[entry].amount = PackedAmount::pack(amount);
+        let mut balances = balances.into_iter().peekable();
+        while balances.peek().is_some() {
+            let mut generations = self.lock();
+            for (account, currency, amount, slot) in balances.by_ref().take(PUT_CHUNK) {
+                match slot.and_then(|slot| generations.entry_in(slot, owner)) {
+                    Some(entry) => {
+                        debug_assert!(generations.current.entries[entry].id.of(&generations.current.ids) == account);
+                        debug_assert!(generations.current.entries[entry].currency == currency);
+                        generations.current.entries[entry].amount = PackedAmount::pack(amount);
+                    }
+                    None => generations.put(owner, account, currency, amount),
                 }
-                None => generations.put(owner, account, currency, amount),
             }
         }
     }

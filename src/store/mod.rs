@@ -22,6 +22,7 @@ pub mod codec;
 mod filter;
 pub mod keys;
 mod views;
+mod writer;
 
 use crate::config::StateConfig;
 use crate::ledger::history::balances_as_of;
@@ -43,6 +44,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 use views::{CommittedViews, View};
+pub use writer::{CheckpointWriter, WriteInFlight};
 
 /// Version of the on-disk layout; bump when keys or value encodings change incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -59,6 +61,10 @@ pub enum StoreError {
     /// caller's: this names the one that failed.
     #[error("memtable budget, state {path}: {source}")]
     MemtableBudget { path: PathBuf, source: rocksdb::Error },
+    /// The checkpoint writer's thread ended (it panicked) without answering a write: whether
+    /// the batch is durable is unknown, so the caller writes it again (the same puts).
+    #[error("the checkpoint writer thread stopped before answering")]
+    WriterStopped,
 }
 
 /// One memtable may hold at most this share of `state.write_buffer_size`; the shared budget
@@ -965,7 +971,8 @@ impl PartitionStore {
 
     /// The next offset of the newest checkpoint (written through this handle, or found at opening);
     /// `None` for state that never checkpointed. Cheap: no RocksDB read, as every checkpoint is
-    /// written through [`Checkpoint::commit_with_floor`], which records it here.
+    /// written through [`Checkpoint::commit_with_floor`] or [`Checkpoint::submit_with_floor`],
+    /// which record it here.
     pub fn last_checkpoint(&self) -> Option<i64> {
         Some(self.checkpointed.load(Ordering::Acquire)).filter(|&offset| offset != i64::MIN)
     }
@@ -1286,11 +1293,39 @@ impl Checkpoint<'_> {
     /// the newest event time of work in this state that its history does not hold (a restore's
     /// snapshot, records skipped as already in it). Retention may raise it further.
     pub fn commit_with_floor(
-        mut self,
+        self,
         next_offset: i64,
         watermark_micros: i64,
         history_floor_micros: i64,
     ) -> Result<(), StoreError> {
+        let store = self.store;
+        self.prepare(next_offset, watermark_micros, history_floor_micros)?.write(store)
+    }
+
+    /// Like [`Checkpoint::commit_with_floor`], with the write itself (RocksDB's memtable inserts
+    /// and the synced log) on `writer`'s thread: the caller goes on applying records meanwhile.
+    /// Nothing is durable until the returned write answers. `store` must be this checkpoint's.
+    pub fn submit_with_floor(
+        self,
+        next_offset: i64,
+        watermark_micros: i64,
+        history_floor_micros: i64,
+        store: &Arc<PartitionStore>,
+        writer: &CheckpointWriter,
+    ) -> Result<WriteInFlight, StoreError> {
+        debug_assert!(std::ptr::eq(self.store, &**store), "a checkpoint is written to its own store");
+        let prepared = self.prepare(next_offset, watermark_micros, history_floor_micros)?;
+        Ok(writer.submit(Arc::clone(store), prepared))
+    }
+
+    /// Everything a commit does before the write: the next offset, watermark and history floor
+    /// go into the batch, and the batch's keys into the key filters.
+    fn prepare(
+        mut self,
+        next_offset: i64,
+        watermark_micros: i64,
+        history_floor_micros: i64,
+    ) -> Result<PreparedWrite, StoreError> {
         let store = self.store;
         let meta = store.cf(CF_META);
         let meta_prefix = self.prefixes.meta;
@@ -1305,9 +1340,26 @@ impl Checkpoint<'_> {
         }
         self.add_keys_to_filters();
         let Checkpoint { batch, balance_accounts, balances, .. } = self;
+        Ok(PreparedWrite { batch, balance_accounts, balances, next_offset, history_horizon: horizon })
+    }
+}
+
+/// A checkpoint's batch, complete with its next offset, waiting to be written.
+pub(crate) struct PreparedWrite {
+    batch: EncodedBatch,
+    balance_accounts: String,
+    balances: Vec<(usize, Currency, Amount, Option<CacheSlot>)>,
+    next_offset: i64,
+    history_horizon: i64,
+}
+
+impl PreparedWrite {
+    /// Writes the batch with a synced log; once it returns Ok the checkpoint is durable.
+    fn write(self, store: &PartitionStore) -> Result<(), StoreError> {
+        let PreparedWrite { batch, balance_accounts, balances, next_offset, history_horizon } = self;
         store.write(batch, &synced(), &balance_accounts, &balances)?;
         store.checkpointed.fetch_max(next_offset, Ordering::AcqRel);
-        store.horizons.history.fetch_max(horizon, Ordering::Relaxed);
+        store.horizons.history.fetch_max(history_horizon, Ordering::Relaxed);
         Ok(())
     }
 }
