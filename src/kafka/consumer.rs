@@ -242,8 +242,9 @@ fn checkpoint_due(
     for (partition, entry) in owned.iter_mut() {
         let mut written = None;
         if entry.state.has_sealed() && entry.state.reached_max_records(max_records) {
-            // Back-pressure: while a sealed batch waits for its dead letters, the work since may
-            // grow to max_records; then processing waits too, so unwritten work stays bounded.
+            // Back-pressure: while a sealed batch waits for its dead letters or its write, the
+            // work since may grow to max_records; then processing waits too, so unwritten work
+            // stays bounded.
             written = shared.checkpoint(entry, false, LetterWait::Block);
         }
         let seal = entry.state.checkpoint_due(now, interval, max_records);

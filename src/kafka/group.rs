@@ -139,8 +139,9 @@ pub(super) struct Shared {
     pub committed: Arc<CommittedOffsets>,
     /// Local states opened while the group join is in flight, for their partitions' preparation.
     pub early: Arc<EarlyStates>,
-    /// Writes the checkpoints the routine scan seals while the consumer thread applies on.
-    writer: CheckpointWriter,
+    /// Writes the checkpoints the routine scan seals while the consumer thread applies on
+    /// (`checkpoint.writer_thread`; without it they are written on the consumer thread).
+    writer: Option<CheckpointWriter>,
     /// Locked by the poll loop per record and by callbacks inside `poll()`; both on the same
     /// thread, never across a `poll()`, so it is never contended.
     owned: Mutex<BTreeMap<i32, Owned>>,
@@ -169,6 +170,7 @@ impl Shared {
         // unless its partition is assigned here again.
         let now = Instant::now();
         let released = local.into_iter().map(|p| (p, now)).collect();
+        let writer = config.checkpoint.writer_thread.then(CheckpointWriter::start);
         Ok(Shared {
             config,
             env,
@@ -179,7 +181,7 @@ impl Shared {
             shutdown,
             committed,
             early,
-            writer: CheckpointWriter::start(),
+            writer,
             owned: Mutex::default(),
             pending: Mutex::default(),
             pending_count: AtomicUsize::new(0),
@@ -200,7 +202,7 @@ impl Shared {
 
     /// Whether a checkpoint write is in flight: its partition's next scan takes the answer.
     pub fn writing(&self) -> bool {
-        self.writer.busy()
+        self.writer.as_ref().is_some_and(CheckpointWriter::busy)
     }
 
     /// Whether an assigned partition is still being prepared.
@@ -269,8 +271,8 @@ impl Shared {
                     }
                     continue;
                 }
-                if wait == LetterWait::Poll {
-                    match owned.state.submit_sealed(&self.writer) {
+                if let (LetterWait::Poll, Some(writer)) = (wait, &self.writer) {
+                    match owned.state.submit_sealed(writer) {
                         Ok(()) => return written,
                         Err(e) => self.metrics.handled_error(
                             ErrorKind::CheckpointWrite,

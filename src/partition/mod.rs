@@ -7,7 +7,10 @@
 //! waits for what must be durable first (the dead letters of the sealed records), without
 //! stopping the partition. Reads see the open overlay, then the sealed batch, then the store, so
 //! a batch can apply many events to one account before anything is written. A failed write keeps
-//! the sealed batch, so a retry writes the same batch again.
+//! the sealed batch, so a retry writes the same batch again. [`PartitionState::submit_sealed`]
+//! hands the write to the checkpoint writer's thread instead, and
+//! [`PartitionState::poll_sealed_write`] takes its answer: until then the batch stays sealed,
+//! and it becomes the checkpoint only once the write is durable.
 
 mod overlay;
 
