@@ -157,10 +157,10 @@ pub struct CheckpointConfig {
     /// partition per `interval` than this never reaches it.
     pub max_records: u64,
     /// Write each checkpoint's batch on a thread of its own while the consumer thread applies
-    /// the next records. Behind a broker faster than ledgerd, catch-ups ran 6%–20% faster with
-    /// it, at about the same CPU per record with 10k accounts and a tenth more with a million
-    /// (docs/BENCHMARKS.md, forty-fourth session). `false` writes on the consumer thread: the
-    /// least CPU per record where the broker or one core sets the pace anyway.
+    /// the next records. Behind a broker faster than ledgerd, catch-ups on two cores ran 20%–24%
+    /// faster with it than without (same build, 10k and a million accounts), at the same CPU per
+    /// record within the noise (docs/BENCHMARKS.md, forty-fourth session). `false` writes on the
+    /// consumer thread, for a process that must keep to one core.
     pub writer_thread: bool,
 }
 
