@@ -96,6 +96,8 @@ async fn json_and_protobuf_events_reach_the_api_and_bad_ones_the_dlq() {
     // A partition that reaches the end of its input checkpoints after a tenth of the interval:
     // the deposit is readable about 2 s after it was applied, not 20 s.
     config.checkpoint.interval = Duration::from_secs(20);
+    // This run writes its checkpoints on the consumer thread, the other way to write them.
+    config.checkpoint.writer_thread = false;
     let running = ledgerd::start(config).await.unwrap();
     send(&producer, "transactions", "6ad87cf1", br#"{"transaction_id":"after","timestamp":"2024-03-15T00:00:00","type":"deposit","amount":"1.00","currency":"USD"}"#, None).await;
     let url = format!("http://{}/v1/accounts/6ad87cf1", running.http_addr);
