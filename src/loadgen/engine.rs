@@ -73,8 +73,7 @@ impl Engine {
                 };
             }
         }
-        // The last batch's write, if in flight, then the rest written here.
-        checkpointing += self.checkpoint()?;
+        // Waits for the last batch's write, if in flight, then writes the rest here.
         checkpointing += self.checkpoint()?;
         Ok(checkpointing)
     }
