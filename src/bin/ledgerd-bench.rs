@@ -519,7 +519,7 @@ fn engine(
         let _ = std::fs::remove_dir_all(&state_dir);
         let mut engine = Engine::open(&StateConfig { dir: state_dir.clone(), ..state.clone() }, &metrics)?;
         if writer_thread {
-            engine = engine.with_writer_thread();
+            engine = engine.with_writer_thread()?;
         }
         let (started, cpu_before) = (Instant::now(), own_cpu_seconds()?);
         let checkpointing = engine.run(&work.records, checkpoint_every)?;

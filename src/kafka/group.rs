@@ -170,7 +170,15 @@ impl Shared {
         // unless its partition is assigned here again.
         let now = Instant::now();
         let released = local.into_iter().map(|p| (p, now)).collect();
-        let writer = config.checkpoint.writer_thread.then(CheckpointWriter::start);
+        let writer = match config.checkpoint.writer_thread.then(CheckpointWriter::start).transpose() {
+            Ok(writer) => writer,
+            Err(e) => {
+                let message =
+                    format_args!("cannot start the checkpoint writer thread; the consumer thread writes: {e}");
+                metrics.handled_error(ErrorKind::CheckpointWrite, &message);
+                None
+            }
+        };
         Ok(Shared {
             config,
             env,

@@ -46,9 +46,9 @@ impl Engine {
 
     /// Writes the checkpoints on a writer thread, as `ledgerd run` does: a batch is written while
     /// the next records apply, and waited for when the next batch is due.
-    pub fn with_writer_thread(mut self) -> Engine {
-        self.writer = Some(CheckpointWriter::start());
-        self
+    pub fn with_writer_thread(mut self) -> std::io::Result<Engine> {
+        self.writer = Some(CheckpointWriter::start()?);
+        Ok(self)
     }
 
     /// Decodes and applies `records` as offsets 0, 1, …, sealing and writing a checkpoint every
@@ -189,7 +189,7 @@ mod tests {
         let shape = Shape { events: 3_000, accounts: 50, recent_events: 1_000, ..Shape::default() };
         let work = generate(3, &shape);
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = Engine::open(&state_in(dir.path()), &Metrics::new()).unwrap().with_writer_thread();
+        let mut engine = Engine::open(&state_in(dir.path()), &Metrics::new()).unwrap().with_writer_thread().unwrap();
         engine.run(&work.records, 700).unwrap();
         assert_eq!(engine.wrong_balances(&work.expected).unwrap(), 0);
         assert_eq!(engine.store.last_checkpoint(), Some(3_000));

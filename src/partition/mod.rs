@@ -17,7 +17,7 @@ mod overlay;
 use crate::ledger::event::MAX_ID_LEN;
 use crate::ledger::{self, BorrowedHistoryEntry, Effect, HistoryOutcome, Rejection, TransactionEvent};
 use crate::metrics::PartitionMetrics;
-use crate::store::{CheckpointWriter, PartitionStore, StoreError, WriteInFlight};
+use crate::store::{Checkpoint, CheckpointWriter, PartitionStore, StoreError, WriteInFlight};
 use overlay::{Overlay, View};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -315,12 +315,7 @@ impl PartitionState {
             return Ok(Some(self.finish_sealed(skips_done)));
         }
         let sealed = self.sealed.as_ref().expect("checked above");
-        let skips_done = self.skips_done_by(sealed.next_offset);
-        let mut batch = self.store.begin();
-        sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
-        if skips_done {
-            batch.clear_restore_skips();
-        }
+        let (batch, skips_done) = self.sealed_batch(sealed);
         batch.commit_with_floor(sealed.next_offset, sealed.watermark_micros, sealed.history_floor)?;
         Ok(Some(self.finish_sealed(skips_done)))
     }
@@ -334,12 +329,7 @@ impl PartitionState {
         if sealed.in_flight.is_some() {
             return Ok(());
         }
-        let skips_done = self.skips_done_by(sealed.next_offset);
-        let mut batch = self.store.begin();
-        sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
-        if skips_done {
-            batch.clear_restore_skips();
-        }
+        let (batch, skips_done) = self.sealed_batch(sealed);
         let write = batch.submit_with_floor(
             sealed.next_offset,
             sealed.watermark_micros,
@@ -374,9 +364,16 @@ impl PartitionState {
         }
     }
 
-    /// Whether a checkpoint with next offset `next_offset` has read past every restore skip.
-    fn skips_done_by(&self, next_offset: i64) -> bool {
-        !self.restore_skips.is_empty() && next_offset >= self.restore_skips_until
+    /// The write batch of `sealed`, and whether it drops the restore skips (the partition read
+    /// past all of them).
+    fn sealed_batch(&self, sealed: &Sealed) -> (Checkpoint<'_>, bool) {
+        let skips_done = !self.restore_skips.is_empty() && sealed.next_offset >= self.restore_skips_until;
+        let mut batch = self.store.begin();
+        sealed.overlay.write_to(&mut batch, sealed.next_offset, sealed.watermark_micros);
+        if skips_done {
+            batch.clear_restore_skips();
+        }
+        (batch, skips_done)
     }
 
     /// Once the sealed batch is durable: it becomes the checkpoint. Returns its next offset.
@@ -538,13 +535,15 @@ mod tests {
         assert_eq!(usd_balance(&state).as_deref(), Some("3701.00"));
     }
 
-    /// Polls the write in flight until it answers.
+    /// Polls the write in flight until it answers (within 10 s).
     fn answer_of_write(state: &mut PartitionState) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match state.poll_sealed_write() {
                 Some(answer) => return answer.unwrap(),
                 None => {
                     assert!(state.write_in_flight(), "a write is in flight until it answers");
+                    assert!(Instant::now() < deadline, "the write did not answer within 10 s");
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -555,7 +554,7 @@ mod tests {
     fn a_write_on_the_writer_thread_counts_only_once_answered_and_processing_goes_on_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::store::test_env(dir.path());
-        let writer = CheckpointWriter::start();
+        let writer = CheckpointWriter::start().unwrap();
         {
             let mut state = open(&env);
             state.process(0, Some(b"6ad87cf1"), &seed("t1", "5000.00", "2024-03-11T12:30:45")).unwrap();

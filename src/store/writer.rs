@@ -15,7 +15,7 @@
 use super::{PartitionStore, PreparedWrite, StoreError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// One batch to write, and where to answer.
@@ -27,21 +27,20 @@ struct Job {
 
 /// Writes checkpoints on its own thread; stopped and joined on drop.
 pub struct CheckpointWriter {
-    /// `None` once dropping; behind a mutex so the writer can be shared (`Shared` is `Sync`).
-    jobs: Mutex<Option<Sender<Job>>>,
+    /// `None` once dropping: the thread ends when the queue closes.
+    jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     /// Writes submitted and not yet done.
     in_flight: Arc<AtomicUsize>,
 }
 
 impl CheckpointWriter {
-    /// Starts the writer's thread. Without one (the thread could not be spawned) every write is
-    /// done by the submitting thread, as before there was a writer.
-    pub fn start() -> CheckpointWriter {
+    /// Starts the writer's thread (the error: it could not be spawned).
+    pub fn start() -> std::io::Result<CheckpointWriter> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let done = Arc::clone(&in_flight);
-        let spawned = std::thread::Builder::new().name("ledgerd-writer".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("ledgerd-writer".into()).spawn(move || {
             // Like the consumer thread: RocksDB's per-thread perf counters cost every key written.
             super::stop_perf_counters_on_this_thread();
             for Job { store, write, answer } in queue {
@@ -51,34 +50,25 @@ impl CheckpointWriter {
                 done.fetch_sub(1, Ordering::Release);
                 let _ = answer.send(result);
             }
-        });
-        match spawned {
-            Ok(thread) => CheckpointWriter { jobs: Mutex::new(Some(jobs)), thread: Some(thread), in_flight },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the checkpoint writer thread; the consumer thread writes checkpoints");
-                CheckpointWriter { jobs: Mutex::new(None), thread: None, in_flight }
-            }
-        }
+        })?;
+        Ok(CheckpointWriter { jobs: Some(jobs), thread: Some(thread), in_flight })
     }
 
-    /// Hands `write` of `store` to the writer's thread. If that thread is gone, writes it here.
+    /// Hands `write` of `store` to the writer's thread. If that thread is gone (it panicked),
+    /// writes it here.
     pub(super) fn submit(&self, store: Arc<PartitionStore>, write: PreparedWrite) -> WriteInFlight {
         let (answer, answered) = mpsc::sync_channel(1);
-        let job = Job { store, write, answer };
-        let sender = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let job = match sender {
-            Some(jobs) => {
-                self.in_flight.fetch_add(1, Ordering::Relaxed);
-                match jobs.send(job) {
-                    Ok(()) => return WriteInFlight { answered: Some(answered) },
-                    Err(mpsc::SendError(job)) => {
-                        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        job
-                    }
+        let mut job = Job { store, write, answer };
+        if let Some(jobs) = &self.jobs {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            match jobs.send(job) {
+                Ok(()) => return WriteInFlight { answered: Some(answered) },
+                Err(mpsc::SendError(returned)) => {
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    job = returned;
                 }
             }
-            None => job,
-        };
+        }
         let Job { store, write, answer } = job;
         let _ = answer.send(write.write(&store));
         WriteInFlight { answered: Some(answered) }
@@ -93,7 +83,7 @@ impl CheckpointWriter {
 impl Drop for CheckpointWriter {
     /// Writes what was submitted, then stops the thread.
     fn drop(&mut self) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.jobs.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
