@@ -74,9 +74,11 @@ impl CheckpointWriter {
         WriteInFlight { answered: Some(answered) }
     }
 
-    /// Whether some write is with the writer's thread (its answer may come any moment).
+    /// Whether some write is with the writer's thread (its answer may come any moment). Not once
+    /// the thread has ended (it panicked): the writes it dropped never count themselves out, and
+    /// their partitions learn of it from their answers (`StoreError::WriterStopped`).
     pub fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+        self.in_flight.load(Ordering::Acquire) > 0 && self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
     }
 }
 
