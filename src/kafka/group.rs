@@ -208,7 +208,7 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a checkpoint write is in flight: its partition's next scan takes the answer.
+    /// Whether a checkpoint write's answer is still to be taken: its partition's next scan takes it.
     pub fn writing(&self) -> bool {
         self.writer.as_ref().is_some_and(CheckpointWriter::busy)
     }

@@ -571,7 +571,16 @@ mod tests {
             state.process(2, Some(b"6ad87cf1"), &seed("p1", "-1299.00", "2024-03-11T15:57:09")).unwrap();
             assert!(!state.seal(), "the next batch waits for the write");
             assert_eq!(state.checkpointed_offset(), 0, "not a checkpoint until answered");
+            // The writer counts a write as busy until its answer is taken, not only until it is
+            // done: the consumer polls briefly until then, so it takes up a finished write soon.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while state.store().last_checkpoint() != Some(1) {
+                assert!(Instant::now() < deadline, "the write was not done within 10 s");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(writer.busy(), "a done write whose answer is not taken yet");
             assert_eq!(answer_of_write(&mut state), 1);
+            assert!(!writer.busy());
             assert_eq!(state.checkpointed_offset(), 1);
             assert!(!state.has_sealed() && !state.write_in_flight() && state.poll_sealed_write().is_none());
             assert_eq!(usd_balance(&state).as_deref(), Some("5000.00"), "only the sealed batch is written");

@@ -30,16 +30,16 @@ pub struct CheckpointWriter {
     /// `None` once dropping: the thread ends when the queue closes.
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
-    /// Writes submitted and not yet done.
-    in_flight: Arc<AtomicUsize>,
+    /// Writes submitted whose answers their partitions have not taken yet (each
+    /// [`WriteInFlight`] counts itself out when it goes): until then the consumer must come back
+    /// for the answer soon, whether or not the write itself is done.
+    unanswered: Arc<AtomicUsize>,
 }
 
 impl CheckpointWriter {
     /// Starts the writer's thread (the error: it could not be spawned).
     pub fn start() -> std::io::Result<CheckpointWriter> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let done = Arc::clone(&in_flight);
         let thread = std::thread::Builder::new().name("ledgerd-writer".into()).spawn(move || {
             // Like the consumer thread: RocksDB's per-thread perf counters cost every key written.
             super::stop_perf_counters_on_this_thread();
@@ -47,11 +47,10 @@ impl CheckpointWriter {
                 let result = write.write(&store);
                 // The store may close once its partition has the answer: let go of it first.
                 drop(store);
-                done.fetch_sub(1, Ordering::Release);
                 let _ = answer.send(result);
             }
         })?;
-        Ok(CheckpointWriter { jobs: Some(jobs), thread: Some(thread), in_flight })
+        Ok(CheckpointWriter { jobs: Some(jobs), thread: Some(thread), unanswered: Arc::default() })
     }
 
     /// Hands `write` of `store` to the writer's thread. If that thread is gone (it panicked),
@@ -60,25 +59,25 @@ impl CheckpointWriter {
         let (answer, answered) = mpsc::sync_channel(1);
         let mut job = Job { store, write, answer };
         if let Some(jobs) = &self.jobs {
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
             match jobs.send(job) {
-                Ok(()) => return WriteInFlight { answered: Some(answered) },
-                Err(mpsc::SendError(returned)) => {
-                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    job = returned;
+                Ok(()) => {
+                    self.unanswered.fetch_add(1, Ordering::AcqRel);
+                    let counted = Some(Arc::clone(&self.unanswered));
+                    return WriteInFlight { answered: Some(answered), counted };
                 }
+                Err(mpsc::SendError(returned)) => job = returned,
             }
         }
         let Job { store, write, answer } = job;
         let _ = answer.send(write.write(&store));
-        WriteInFlight { answered: Some(answered) }
+        WriteInFlight { answered: Some(answered), counted: None }
     }
 
-    /// Whether some write is with the writer's thread (its answer may come any moment). Not once
-    /// the thread has ended (it panicked): the writes it dropped never count themselves out, and
-    /// their partitions learn of it from their answers (`StoreError::WriterStopped`).
+    /// Whether some write handed to the writer's thread has an answer not taken yet: it may come
+    /// any moment, or has come. A write the thread dropped (it panicked) answers
+    /// `StoreError::WriterStopped`, so it too is counted out once its partition looks.
     pub fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0 && self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
+        self.unanswered.load(Ordering::Acquire) > 0
     }
 }
 
@@ -97,6 +96,8 @@ impl Drop for CheckpointWriter {
 /// reopened meanwhile would find its database locked.
 pub struct WriteInFlight {
     answered: Option<Receiver<Result<(), StoreError>>>,
+    /// The writer's count of unanswered writes, while this one is in it.
+    counted: Option<Arc<AtomicUsize>>,
 }
 
 impl WriteInFlight {
@@ -105,7 +106,7 @@ impl WriteInFlight {
         let Some(answered) = self.answered.take() else { return Ok(Err(StoreError::WriterStopped)) };
         match answered.try_recv() {
             Ok(result) => Ok(result),
-            Err(TryRecvError::Empty) => Err(WriteInFlight { answered: Some(answered) }),
+            Err(TryRecvError::Empty) => Err(WriteInFlight { answered: Some(answered), counted: self.counted.take() }),
             Err(TryRecvError::Disconnected) => Ok(Err(StoreError::WriterStopped)),
         }
     }
@@ -118,9 +119,13 @@ impl WriteInFlight {
 }
 
 impl Drop for WriteInFlight {
+    /// Waits for an answer not taken yet, then counts the write out.
     fn drop(&mut self) {
         if let Some(answered) = self.answered.take() {
             let _ = answered.recv();
+        }
+        if let Some(unanswered) = self.counted.take() {
+            unanswered.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
