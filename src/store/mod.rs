@@ -623,9 +623,7 @@ impl PartitionStore {
             batch.put_cf(meta, MetaKey::Identity.name(), identity.as_bytes());
             db.write_opt(batch, &synced())?;
         }
-        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
-            Ok(db.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
-        };
+        let read_i64 = |key: MetaKey| meta_i64(db.get_cf(meta, key.name()));
         let next_offset = read_i64(MetaKey::NextOffset)?;
         let watermark_micros = read_i64(MetaKey::Watermark)?.unwrap_or(i64::MIN);
         if read_i64(MetaKey::HistoryFloor)?.is_none() {
@@ -780,6 +778,11 @@ impl PartitionStore {
         stored.unwrap_or(i64::MIN).max(self.horizons.history.load(Ordering::Relaxed))
     }
 
+    /// The event time from which the `as_of` answers of the checkpoint `view` shows are exact.
+    fn view_history_floor(&self, view: &rocksdb::SnapshotWithThreadMode<'_, DB>) -> Result<i64, StoreError> {
+        Ok(self.history_floor(meta_i64(view.get_cf(self.cf(CF_META), MetaKey::HistoryFloor.name()))?))
+    }
+
     /// Reads `account` as of the checkpoint `from` names: its balances, and when a point in time
     /// `as_of` is asked for, its applied history entries. `None` for an unknown account.
     pub fn read_account(
@@ -790,12 +793,7 @@ impl PartitionStore {
     ) -> Result<Option<AccountRead>, StoreError> {
         let kept = self.view(from)?;
         let view = kept.snapshot();
-        let meta = self.cf(CF_META);
-        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
-            Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
-        };
-        let next_offset = read_i64(MetaKey::NextOffset)?.unwrap_or(0);
-        let history_floor_micros = self.history_floor(read_i64(MetaKey::HistoryFloor)?);
+        let (next_offset, history_floor_micros) = (kept.next_offset, self.view_history_floor(view)?);
         let prefix = keys::account_prefix(account);
         let mut balances = Vec::new();
         for item in view.iterator_cf_opt(self.cf(CF_BALANCES), bounded(&prefix), IteratorMode::Start) {
@@ -848,11 +846,7 @@ impl PartitionStore {
     ) -> Result<HistoryPage, StoreError> {
         let kept = self.view(from)?;
         let view = kept.snapshot();
-        let next_offset = view
-            .get_cf(self.cf(CF_META), MetaKey::NextOffset.name())?
-            .map(|v| codec::decode_i64(&v))
-            .transpose()?
-            .unwrap_or(0);
+        let next_offset = kept.next_offset;
         let prefix = keys::account_prefix(account);
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound(prefix.clone());
@@ -896,12 +890,7 @@ impl PartitionStore {
     ) -> Result<(), StoreError> {
         let kept = self.view(from)?;
         let view = kept.snapshot();
-        let meta = self.cf(CF_META);
-        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
-            Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
-        };
-        let next_offset = read_i64(MetaKey::NextOffset)?.unwrap_or(0);
-        let floor = self.history_floor(read_i64(MetaKey::HistoryFloor)?);
+        let (next_offset, floor) = (kept.next_offset, self.view_history_floor(view)?);
         if check_floor(next_offset, floor).is_break() {
             return Ok(());
         }
@@ -1087,9 +1076,7 @@ impl PartitionStore {
         let _hold = DedupeHold::new(&self.horizons);
         let view = self.db.snapshot();
         let meta = self.cf(CF_META);
-        let read_i64 = |key: MetaKey| -> Result<Option<i64>, StoreError> {
-            Ok(view.get_cf(meta, key.name())?.map(|v| codec::decode_i64(&v)).transpose()?)
-        };
+        let read_i64 = |key: MetaKey| meta_i64(view.get_cf(meta, key.name()));
         let Some(next_offset) = read_i64(MetaKey::NextOffset)? else { return Ok(None) };
         let point = ScanPoint { next_offset, watermark_micros: read_i64(MetaKey::Watermark)?.unwrap_or(i64::MIN) };
         let min_event_time = point.watermark_micros.saturating_sub(dedupe_window_micros);
@@ -1334,7 +1321,7 @@ impl Checkpoint<'_> {
         // The floor rises before compaction may drop anything below the new horizon.
         let horizon = store.retention_horizon(watermark_micros);
         let wanted = horizon.max(history_floor_micros);
-        let floor = store.db.get_cf(meta, MetaKey::HistoryFloor.name())?.map(|v| codec::decode_i64(&v)).transpose()?;
+        let floor = meta_i64(store.db.get_cf(meta, MetaKey::HistoryFloor.name()))?;
         if floor.is_none_or(|floor| wanted > floor) {
             self.batch.push(meta_prefix, MetaKey::HistoryFloor.name(), &codec::encode_i64(wanted));
         }
@@ -1399,6 +1386,11 @@ impl PartitionStore {
         self.balances.cache.put_in_slots(self.balances.owner(), written);
         Ok(())
     }
+}
+
+/// A meta value stored as an i64, from what a read of it (from the database or a view) returned.
+fn meta_i64(read: Result<Option<Vec<u8>>, rocksdb::Error>) -> Result<Option<i64>, StoreError> {
+    Ok(read?.map(|v| codec::decode_i64(&v)).transpose()?)
 }
 
 /// Read options bounding iteration to keys starting with `prefix`.

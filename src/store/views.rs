@@ -13,7 +13,6 @@
 //! released), so every view it keeps is of state this instance checkpointed while it owned the
 //! partition: none survives a handover to be served after the partition comes back.
 
-use super::codec;
 use super::keys::{MetaKey, CF_META};
 use super::StoreError;
 use rocksdb::{SnapshotWithThreadMode, DB};
@@ -54,8 +53,7 @@ impl View {
         // nothing made from it (iterators carry the snapshot's lifetime) outlives the view.
         let snapshot: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snapshot) };
         let meta = db.cf_handle(CF_META).expect("opened with every column family");
-        let next_offset = snapshot.get_cf(meta, MetaKey::NextOffset.name())?;
-        let next_offset = next_offset.map(|v| codec::decode_i64(&v)).transpose()?.unwrap_or(0);
+        let next_offset = super::meta_i64(snapshot.get_cf(meta, MetaKey::NextOffset.name()))?.unwrap_or(0);
         Ok(View { snapshot, _db: db, next_offset })
     }
 
