@@ -64,18 +64,7 @@ async fn any_instance_answers_for_every_account_now_and_in_the_past() {
 
     let dir = tempfile::tempdir().unwrap();
     let settings = Instance::new(&brokers, &input, &dir.path().join("n0"));
-    let node = |n: usize| {
-        let mut s = settings.clone();
-        s.state_dir = dir.path().join(format!("n{n}"));
-        s
-    };
-    // The first node creates the topics alone (tansu 0.6 can record a topic twice otherwise).
-    let mut nodes = vec![node(0).spawn()];
-    nodes[0].wait_ready(READY);
-    nodes.extend((1..3).map(|n| node(n).spawn()));
-    for n in &mut nodes {
-        n.wait_ready(READY);
-    }
+    let nodes = settings.spawn_group(dir.path(), 3, READY);
     let end = produce(&brokers, &input, &records).await;
     let instances: Vec<&Ledgerd> = nodes.iter().collect();
     wait_caught_up(&instances, &end, CATCH_UP);

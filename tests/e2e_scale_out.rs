@@ -152,23 +152,11 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Instance::new(&brokers, &input, &dir.path().join("n0"));
     settings.snapshot_interval = "2s";
-    let node = |n: usize| {
-        let mut s = settings.clone();
-        s.state_dir = dir.path().join(format!("n{n}"));
-        s
-    };
-    // The first node creates the DLQ and snapshot topics alone: tansu 0.6 can record a topic
-    // twice when several clients create it at once, and then fails every idempotent produce to it.
-    let mut nodes = vec![node(0).spawn()];
-    nodes[0].wait_ready(READY);
-    nodes.extend((1..3).map(|n| node(n).spawn()));
-    for n in &mut nodes {
-        n.wait_ready(READY);
-    }
+    let mut nodes = settings.spawn_group(dir.path(), 3, READY);
     let mut end = produce(&brokers, &input, &records[..quarter]).await;
 
     // A fourth joins.
-    let mut fourth = node(3).spawn();
+    let mut fourth = settings.node(dir.path(), 3).spawn();
     fourth.wait_ready(READY);
     end.extend(produce(&brokers, &input, &records[quarter..2 * quarter]).await);
 
@@ -182,7 +170,7 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
     let mut survivor = nodes.pop().unwrap();
     survivor.kill9_and_outlive_session();
     std::fs::remove_dir_all(dir.path().join("n2")).unwrap();
-    let mut reborn = node(2).spawn();
+    let mut reborn = settings.node(dir.path(), 2).spawn();
     end.extend(produce(&brokers, &input, &records[3 * quarter..]).await);
     reborn.wait_ready(READY_AFTER_KILL);
     fourth.wait_ready(READY_AFTER_KILL);

@@ -267,6 +267,24 @@ impl Instance {
         text
     }
 
+    /// Node `n` of a group sharing this configuration: its state in `dir/n{n}`.
+    pub fn node(&self, dir: &Path, n: usize) -> Instance {
+        Instance { state_dir: dir.join(format!("n{n}")), ..self.clone() }
+    }
+
+    /// Starts nodes 0 to `count - 1` ([`Instance::node`]) and waits until each is ready. The first
+    /// starts alone and creates the dead-letter and snapshot topics: tansu 0.6 can record a topic
+    /// twice when several clients create it at once, and then fails every idempotent produce to it.
+    pub fn spawn_group(&self, dir: &Path, count: usize, ready: Duration) -> Vec<Ledgerd> {
+        let mut nodes = vec![self.node(dir, 0).spawn()];
+        nodes[0].wait_ready(ready);
+        nodes.extend((1..count).map(|n| self.node(dir, n).spawn()));
+        for node in &mut nodes {
+            node.wait_ready(ready);
+        }
+        nodes
+    }
+
     /// Starts `ledgerd run` with this configuration on a free port.
     pub fn spawn(&self) -> Ledgerd {
         let port = free_port();
