@@ -250,9 +250,11 @@ fn checkpoint_due(
         // Not after a checkpoint just written: the view kept for its commit (below) must not
         // hold a later batch, which a write handed to the writer thread now could finish into.
         // The work since is sealed at the next scan, a record or a few milliseconds on.
-        let seal = written.is_none() && entry.state.checkpoint_due(now, interval, max_records);
-        if seal || (written.is_none() && entry.state.has_sealed()) {
-            written = shared.checkpoint(entry, seal, LetterWait::Poll);
+        if written.is_none() {
+            let seal = entry.state.checkpoint_due(now, interval, max_records);
+            if seal || entry.state.has_sealed() {
+                written = shared.checkpoint(entry, seal, LetterWait::Poll);
+            }
         }
         if let Some(next) = entry.commit_due(written, now) {
             shared.keep_view_for_commit(*partition, entry);
