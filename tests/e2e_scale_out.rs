@@ -169,7 +169,7 @@ async fn a_changing_group_under_load_keeps_balances_exact() {
     // One is killed, loses its disk, and comes back.
     let mut survivor = nodes.pop().unwrap();
     survivor.kill9_and_outlive_session();
-    std::fs::remove_dir_all(dir.path().join("n2")).unwrap();
+    std::fs::remove_dir_all(settings.node(dir.path(), 2).state_dir).unwrap();
     let mut reborn = settings.node(dir.path(), 2).spawn();
     end.extend(produce(&brokers, &input, &records[3 * quarter..]).await);
     reborn.wait_ready(READY_AFTER_KILL);
