@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: system packages, a local tansu broker, then fmt,
-# clippy and every cargo test (unit, integration, doc). Extra arguments go to
+# clippy, doc links and every cargo test (unit, integration, doc). Extra arguments go to
 # `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 #
 # The brokers are throwaways: a fresh data dir on a free port for each
@@ -68,6 +68,11 @@ cargo fmt --all -- --check
 # `cargo test` below. The lints are the same.
 banner "cargo clippy"
 cargo clippy --all-targets --profile test -- -D warnings
+
+# Broken links in the docs, which developers read with private items (`--profile test` again,
+# to share what clippy checked).
+banner "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --profile test
 
 # Unit tests and doc tests first, then each integration-test file against a fresh broker.
 banner "cargo test"

@@ -18,6 +18,10 @@
 //! - [`demo`]: the zero-setup demo on an in-process mock cluster.
 //! - [`loadgen`]: generated workloads with independently computed expected balances.
 
+// The library is the daemon's, not an API for other crates: its docs are read with
+// `cargo doc --document-private-items`, where links to private items resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod api;
 pub mod app;
 mod arena;
