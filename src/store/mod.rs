@@ -865,7 +865,6 @@ mod tests {
     use super::*;
     use crate::ledger::EventKind;
     use keys::RETIRED_CFS;
-    use test_env as env;
 
     fn usd() -> Currency {
         Currency::parse("USD").unwrap()
@@ -942,7 +941,7 @@ mod tests {
     #[test]
     fn checkpoint_is_durable_and_reopens_at_the_next_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         {
             let (store, aside) = env.open_partition("transactions", 3).unwrap();
             assert!(aside.is_none());
@@ -964,7 +963,7 @@ mod tests {
     #[test]
     fn reopening_replays_the_write_ahead_log_without_writing_table_files() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let level0_files = |store: &PartitionStore| {
             keys::ALL_CFS
                 .iter()
@@ -988,7 +987,7 @@ mod tests {
     #[test]
     fn every_column_family_inserts_with_one_hint_per_memtable() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (store, _) = env.open_partition("transactions", 2).unwrap();
         // RocksDB writes the options it opened with to an OPTIONS file, a section per column family.
         let options_file = std::fs::read_dir(env.partition_dir("transactions", 2))
@@ -1024,7 +1023,7 @@ mod tests {
     #[test]
     fn balances_come_from_the_cache_as_the_database_holds_them() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let amount = |text: &str| Some(Amount::parse(text).unwrap());
         {
             let (store, _) = env.open_partition("transactions", 0).unwrap();
@@ -1061,7 +1060,7 @@ mod tests {
     #[test]
     fn the_retired_expiry_index_is_dropped_and_its_transactions_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let path = env.partition_dir("transactions", 0);
         {
             // State as ledgerd 0.1 left it: the expiry index's column family beside the others.
@@ -1084,7 +1083,7 @@ mod tests {
     #[test]
     fn state_of_another_partition_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         {
             let (store, _) = env.open_partition("transactions", 1).unwrap();
             store.begin().commit(7, 0).unwrap();
@@ -1101,7 +1100,7 @@ mod tests {
     #[test]
     fn state_still_open_is_not_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (store, _) = env.open_partition("transactions", 0).unwrap();
         store.begin().commit(5, 0).unwrap();
         assert!(env.open_partition("transactions", 0).is_err(), "a locked database is an error to retry");
@@ -1114,7 +1113,7 @@ mod tests {
     #[test]
     fn unreadable_state_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let path = env.partition_dir("transactions", 0);
         std::fs::create_dir_all(&path).unwrap();
         std::fs::write(path.join("CURRENT"), b"garbage\n").unwrap();
@@ -1126,7 +1125,7 @@ mod tests {
     #[test]
     fn compaction_forgets_transactions_behind_the_dedupe_horizon() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (store, _) = env.open_partition("transactions", 0).unwrap();
         let mut cp = store.begin();
         for (i, micros) in [-100i64, 5, 10, 20].iter().enumerate() {
@@ -1149,7 +1148,7 @@ mod tests {
     #[test]
     fn a_snapshot_scan_keeps_the_ids_of_its_window_while_the_horizon_moves_on() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (store, _) = env.open_partition("transactions", 0).unwrap();
         let mut cp = store.begin();
         for account in ["a", "b"] {
@@ -1182,7 +1181,7 @@ mod tests {
     #[test]
     fn lookups_of_absent_keys_skip_rocksdb_and_every_stored_key_is_still_found() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let one = Amount::parse("1.00").unwrap();
         {
             let (store, _) = env.open_partition("filters", 0).unwrap();
@@ -1215,7 +1214,7 @@ mod tests {
     #[test]
     fn a_state_closed_while_its_filters_load_can_be_opened_again_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         {
             let (store, _) = env.open_partition("filters", 0).unwrap();
             let mut cp = store.begin();
@@ -1249,7 +1248,7 @@ mod tests {
         // With RocksDB's default memtable size (64 MiB), from which the `transactions` bloom
         // filter is sized, this took 1.3 MiB of the 4 MiB budget; now about 0.15 MiB.
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (store, _) = env.open_partition("transactions", 0).unwrap();
         let mut cp = store.begin();
         cp.put_transaction("a", "t1", &record(10));
@@ -1262,7 +1261,7 @@ mod tests {
         // Every checkpoint writes `meta`, whose memtable never fills: without a bound on the
         // logs, its oldest unflushed key kept every log since alive, and a restart replayed them.
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (store, _) = env.open_partition("transactions", 0).unwrap();
         let mut written = 0;
         for checkpoint in 0..160_i64 {
@@ -1283,7 +1282,7 @@ mod tests {
     #[test]
     fn a_checkpoint_over_the_shared_memtable_budget_flushes_the_largest_memtable_of_any_partition() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path()); // a 4 MiB memtable budget: flushes start over 3.5 MiB
+        let env = test_env(dir.path()); // a 4 MiB memtable budget: flushes start over 3.5 MiB
         let limit = (4 << 20) * 7 / 8;
         // About 84 bytes an id: each memtable stays below its own 1 MiB limit, which RocksDB keeps.
         let ids = [11_000, 10_000, 10_000, 10_000, 6_000];
@@ -1320,7 +1319,7 @@ mod tests {
     #[test]
     fn a_closed_partition_leaves_the_states_the_budget_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let env = test_env(dir.path());
         let (first, _) = env.open_partition("transactions", 0).unwrap();
         let (second, _) = env.open_partition("transactions", 1).unwrap();
         assert_eq!(env.open_states.lock().unwrap().len(), 2);
