@@ -383,8 +383,8 @@ impl Shared {
 
     /// Keeps a view of `partition`'s state as it is now, a checkpoint whose offset goes to the
     /// group as its commit, for the API to answer from once the group acknowledges it
-    /// ([`crate::store::PartitionStore::keep_view_for_commit`]; none while the API does not read acknowledged
-    /// checkpoints, as with `http.read_committed = false`).
+    /// ([`crate::store::PartitionStore::keep_view_for_commit`]; none while the API does not read
+    /// acknowledged checkpoints, as with `http.read_committed = false`).
     pub fn keep_view_for_commit(&self, partition: i32, entry: &Owned) {
         if let Err(e) = entry.state.store().keep_view_for_commit(entry.handle.group_committed()) {
             // The API then reads the newest state, and waits for its commit.

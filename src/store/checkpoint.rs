@@ -12,7 +12,7 @@ use rocksdb::{WriteOptions, DB};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// One atomic unit of state change: balances, transaction ids and the next offset together.
+/// One atomic unit of state change: balances, transaction ids, history and the next offset together.
 pub struct Checkpoint<'s> {
     store: &'s PartitionStore,
     batch: EncodedBatch,
