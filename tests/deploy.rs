@@ -454,6 +454,9 @@ fn the_dockerfile_builds_a_non_root_image_matching_the_manifests() {
     let dependencies = position(build_stage, "RUN", "cargo build").expect("a dependency build");
     let sources = position(build_stage, "COPY", "src").expect("COPY of src");
     assert!(manifests < dependencies && dependencies < sources, "dependencies must be built before COPY src");
+    // .cargo/config.toml sets RocksDB's C++ flags: the image must be the build that was measured.
+    let settings = position(build_stage, "COPY", ".cargo").expect("COPY of .cargo, the build settings");
+    assert!(settings < dependencies, "the build settings must be in place for the dependency build");
     assert!(position(build_stage, "RUN", "libclang-dev").is_some(), "bindgen needs libclang-dev");
 
     // The run stage: non-root user, the Kubernetes config as default, http.listen's port.
@@ -476,7 +479,7 @@ fn the_dockerfile_builds_a_non_root_image_matching_the_manifests() {
     // The build context holds only what the build copies: never target/ (gigabytes).
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "*"), ".dockerignore must exclude everything by default");
-    for needed in ["Cargo.toml", "Cargo.lock", "build.rs", "proto/", "src/", CONFIG] {
+    for needed in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "build.rs", "proto/", "src/", CONFIG] {
         assert!(ignore.lines().any(|l| l.trim() == format!("!{needed}")), ".dockerignore must let {needed} in");
     }
 }
