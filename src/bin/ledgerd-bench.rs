@@ -178,6 +178,11 @@ enum Command {
         log: PathBuf,
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// Scrape interval while the restarted process answers HTTP but has not processed a record
+        /// (ms): the resolution of "processing again". Each scrape costs ledgerd about a millisecond
+        /// of CPU, so scraping every 2 ms took a share of a core from the restart it timed.
+        #[arg(long, default_value_t = 20)]
+        poll_ms: u64,
     },
 }
 
@@ -236,10 +241,10 @@ fn main() -> anyhow::Result<()> {
         Command::Targets { url, instance, expected, local, forwarded } => {
             targets(&url, &instance, &expected, &local, &forwarded)
         }
-        Command::Recovery { ledgerd, config, restart_config, url, total, kill_at, log, timeout_secs } => {
+        Command::Recovery { ledgerd, config, restart_config, url, total, kill_at, log, timeout_secs, poll_ms } => {
             let restart_config = restart_config.unwrap_or_else(|| config.clone());
             let run = Run { ledgerd, configs: [config, restart_config], url, log };
-            recovery(&run, total, kill_at, Duration::from_secs(timeout_secs))
+            recovery(&run, total, kill_at, Duration::from_secs(timeout_secs), Duration::from_millis(poll_ms))
         }
     }
 }
@@ -631,7 +636,11 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// is processed once by it, so its checkpoint is `total` minus what it processed. The killed
 /// process's position is its last scrape, taken just before the kill; it may have processed a few
 /// more records in between, so `reread_records` is a lower bound by at most that gap's work.
-fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration) -> anyhow::Result<()> {
+///
+/// Until the restarted process answers HTTP it is polled every 2 ms, which costs it nothing (the
+/// kernel refuses the connection); then every `poll` until it processes, since each scrape takes
+/// it CPU; then every 50 ms until it has caught up.
+fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration, poll: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut first = run.spawn(1)?;
     let threshold = (total as f64 * kill_at) as i64;
@@ -665,7 +674,11 @@ fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration) -> anyhow::R
                 break processed;
             }
         }
-        std::thread::sleep(Duration::from_millis(if processing.is_some() { 50 } else { 2 }));
+        std::thread::sleep(match (answering, processing) {
+            (None, _) => Duration::from_millis(2),
+            (Some(_), None) => poll,
+            (Some(_), Some(_)) => Duration::from_millis(50),
+        });
     };
     let resumed_from = total - processed_after;
     let result = serde_json::json!({
@@ -678,6 +691,7 @@ fn recovery(run: &Run, total: i64, kill_at: f64, timeout: Duration) -> anyhow::R
         "reread_records": processed_before_kill - resumed_from,
         "seconds_to_http": answering.map(|d| d.as_secs_f64()),
         "seconds_to_processing": processing.map(|d| d.as_secs_f64()),
+        "poll_ms": poll.as_millis() as u64,
         "pid": second.id(),
     });
     println!("{result}");
